@@ -1,0 +1,1 @@
+"""Accounts: API keys, credit, exact per-token metering and rate limits."""

@@ -1,0 +1,114 @@
+"""One error tree for the whole service, and one table that maps it to HTTP.
+
+Every failure a client can cause or observe is a ``GigarouterError``. The API
+layer turns it into the OpenAI error body ``{"error": {message, type, param,
+code}}`` with the status below; anything else becomes a 500 that carries the
+request id and no internals.
+"""
+
+from __future__ import annotations
+
+
+class GigarouterError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(GigarouterError):
+    """The request is malformed or asks for something impossible (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class InputTooLong(InvalidRequest):
+    """An input exceeds the model's context and the request said truncate=none."""
+
+    code = "context_length_exceeded"
+
+
+class Unauthorized(GigarouterError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class InsufficientCredit(GigarouterError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class Forbidden(GigarouterError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class NotFound(GigarouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(GigarouterError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(GigarouterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimited(GigarouterError):
+    """Too many requests for a key, or the scheduler's queue is full (429)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class QueueFull(RateLimited):
+    code = "queue_full"
+
+
+class NotReady(GigarouterError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+class ModelLoadError(GigarouterError):
+    """Weights could not be found, downloaded or read (raised at start-up or by the CLI)."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"

@@ -1,0 +1,1 @@
+"""Pooling over packed hidden states, and the output encodings built on the pooled vectors."""

