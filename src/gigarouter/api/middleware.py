@@ -1,0 +1,70 @@
+"""Outermost ASGI middleware: request id, body-size cap, last-resort 500, request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so it adds no task hop per request and can
+see every response, including the ones produced for unexpected exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gigarouter.metrics import Metrics
+
+log = logging.getLogger(__name__)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        status_holder = {"status": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._error(send_with_id, 413, "payload_too_large",
+                              f"request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
+        else:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:
+                log.exception("unhandled error in request %s", request_id)
+                if not status_holder["started"]:
+                    await self._error(send_with_id, 500, "internal_error",
+                                      f"internal server error (request id {request_id})", type="server_error")
+        self._count(scope, status_holder["status"])
+
+    async def _error(self, send: Send, status: int, code: str, message: str,
+                     type: str = "invalid_request_error") -> None:
+        body = json.dumps({"error": {"message": message, "type": type, "param": None, "code": code}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _count(self, scope: Scope, status: int) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        model = scope.get("state", {}).get("model", "")
+        self.metrics.requests.labels(path, str(status), model).inc()

@@ -1,0 +1,148 @@
+"""The embeddings request: OpenAI's fields plus our extensions, validated with precise errors.
+
+Validation is written out by hand rather than left to a pydantic union: the
+four OpenAI ``input`` forms overlap (a list of ints vs a list of strings), and
+a client deserves to be told *which* element is wrong, with ``param`` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gigarouter.errors import InvalidRequest
+
+ENCODING_FORMATS = ("float", "base64")
+INPUT_TYPES = ("query", "document")
+TRUNCATE_MODES = ("end", "start", "none")
+KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user",
+                "input_type", "instruction", "truncate", "normalize"}
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    texts: list[str] | None            # set when input is text
+    token_ids: list[list[int]] | None  # set when input is token ids
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    input_type: str = "document"
+    instruction: str | None = None
+    truncate: str = "end"
+    normalize: bool = True
+
+    @property
+    def count(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids or [])
+
+
+def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", param=None)
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+    if "model" not in body:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    if "input" not in body:
+        raise InvalidRequest("you must provide an input parameter", param="input")
+    texts, token_ids = _parse_input(body["input"], max_inputs=max_inputs)
+    return EmbeddingRequest(
+        model=_string(body, "model", required=True),
+        texts=texts,
+        token_ids=token_ids,
+        encoding_format=_choice(body, "encoding_format", ENCODING_FORMATS, "float"),
+        dimensions=_dimensions(body.get("dimensions")),
+        user=_string(body, "user"),
+        input_type=_choice(body, "input_type", INPUT_TYPES, "document"),
+        instruction=_string(body, "instruction"),
+        truncate=_choice(body, "truncate", TRUNCATE_MODES, "end"),
+        normalize=_bool(body, "normalize", True),
+    )
+
+
+def _parse_input(value: Any, *, max_inputs: int) -> tuple[list[str] | None, list[list[int]] | None]:
+    if isinstance(value, str):
+        _nonempty_text(value, "input")
+        return [value], None
+    if not isinstance(value, list):
+        raise InvalidRequest("input must be a string, an array of strings, an array of token ids, "
+                             "or an array of arrays of token ids", param="input")
+    if not value:
+        raise InvalidRequest("input must not be an empty array", param="input")
+    if len(value) > max_inputs:
+        raise InvalidRequest(f"input has {len(value)} items; at most {max_inputs} are allowed per request",
+                             param="input")
+    first = value[0]
+    if isinstance(first, str):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise InvalidRequest(f"input[{i}] must be a string like the other items", param=f"input[{i}]")
+            _nonempty_text(item, f"input[{i}]")
+        return list(value), None
+    if _is_token(first):
+        _check_tokens(value, "input")
+        return None, [list(value)]
+    if isinstance(first, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, list):
+                raise InvalidRequest(f"input[{i}] must be an array of token ids like the other items",
+                                     param=f"input[{i}]")
+            if not item:
+                raise InvalidRequest(f"input[{i}] must not be empty", param=f"input[{i}]")
+            _check_tokens(item, f"input[{i}]")
+        return None, [list(item) for item in value]
+    raise InvalidRequest("input items must be strings, token ids (integers) or arrays of token ids",
+                         param="input[0]")
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tokens(values: list[Any], param: str) -> None:
+    for j, token in enumerate(values):
+        if not _is_token(token) or token < 0:
+            raise InvalidRequest(f"{param}[{j}] must be a non-negative integer token id", param=param)
+
+
+def _nonempty_text(text: str, param: str) -> None:
+    if not text:
+        raise InvalidRequest(f"{param} must not be an empty string", param=param)
+
+
+def _string(body: dict, key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise InvalidRequest(f"{key} must be a {'non-empty ' if required else ''}string", param=key)
+    return value
+
+
+def _choice(body: dict, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = body.get(key)
+    if value is None:
+        return default
+    if value not in choices:
+        raise InvalidRequest(f"{key} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}",
+                             param=key)
+    return value
+
+
+def _bool(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be true or false", param=key)
+    return value
+
+
+def _dimensions(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_token(value) or value < 1:
+        raise InvalidRequest("dimensions must be a positive integer", param="dimensions")
+    return value

@@ -1,0 +1,68 @@
+"""``TorchEngine``: a torch model plus its pooling behind the narrow Engine interface.
+
+``embed`` runs on the scheduler's device thread; it is the only place that
+moves a packed batch onto the device and a pooled result off it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from gigarouter.engine.base import PackedBatch, pack
+from gigarouter.pooling.pooling import PoolingMode, pool
+
+CPU_TOKEN_BUDGET = 8192
+GPU_TOKEN_BUDGET = 32768
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def default_token_budget(device: torch.device) -> int:
+    return GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET
+
+
+class TorchEngine:
+    def __init__(self, model: nn.Module, *, pooling: PoolingMode, dim: int, device: torch.device,
+                 token_budget: int, max_seq_len: int) -> None:
+        self.model = model
+        self.pooling = pooling
+        self.dim = dim
+        self.device = device
+        self.token_budget = max(token_budget, max_seq_len)
+        self.max_seq_len = max_seq_len
+        self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
+
+    def embed(self, batch: PackedBatch) -> np.ndarray:
+        with torch.inference_mode():
+            ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
+            cu = torch.from_numpy(batch.cu_seqlens).to(self.device, non_blocking=True)
+            starts = torch.from_numpy(batch.pool_starts).to(self.device, non_blocking=True)
+            hidden = self.model(ids, cu)                          # [T, hidden]
+            pooled = pool(hidden, cu, starts, self.pooling)       # [n, hidden] float32
+            return pooled.cpu().numpy()
+
+    def warmup(self) -> None:
+        """One pass at the full budget (longest sequences), so a device OOM shows now."""
+        n = max(1, self.token_budget // self.max_seq_len)
+        # Token id 1 exists in every vocabulary we serve; values do not matter for cost.
+        self.embed(pack([[1] * self.max_seq_len] * n))
+
+    def health(self) -> bool:
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return True
+        except RuntimeError:
+            return False

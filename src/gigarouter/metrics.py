@@ -1,0 +1,32 @@
+"""Prometheus metrics, one registry per app (so tests and several apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gigarouter_requests", "HTTP requests by route, status and model",
+                                ["route", "status", "model"], registry=r)
+        self.tokens = Counter("gigarouter_tokens", "Tokens embedded, by model", ["model"], registry=r)
+        self.queue_tokens = Gauge("gigarouter_queue_tokens", "Tokens waiting in the scheduler queue",
+                                  ["model"], registry=r)
+        self.queue_sequences = Gauge("gigarouter_queue_sequences", "Sequences waiting in the scheduler queue",
+                                     ["model"], registry=r)
+        self.batch_tokens = Histogram("gigarouter_batch_tokens", "Tokens per forward pass", ["model"],
+                                      buckets=TOKEN_BUCKETS, registry=r)
+        self.batch_sequences = Histogram("gigarouter_batch_sequences", "Sequences per forward pass", ["model"],
+                                         buckets=SEQUENCE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("gigarouter_stage_seconds", "Per-request time in each stage",
+                                       ["stage", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.dropped = Counter("gigarouter_dropped_sequences", "Sequences dropped because the client left",
+                               ["model"], registry=r)
+        self.rejected = Counter("gigarouter_rejected_requests", "Requests refused because the queue was full",
+                                ["model"], registry=r)

@@ -1,0 +1,219 @@
+"""The loop that owns a model's queue: admit, batch, run on the device thread, answer.
+
+Requests become ``Job``s of one or more sequences. Each job waits in one of
+two lanes: *interactive* (small requests, typically queries) and *bulk*. The
+loop takes the next batch with the pure packing rule, alternating lanes when
+both have work so neither can starve the other, runs it on a single device
+thread (the event loop never blocks on the model), and scatters the vectors
+back. Sequences whose client has gone are dropped before compute. Admission
+is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
+(HTTP 429 with Retry-After) instead of letting the queue grow without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gigarouter.engine.base import Engine, pack
+from gigarouter.errors import NotReady, QueueFull
+from gigarouter.metrics import Metrics
+from gigarouter.recipes.base import PreparedInput
+from gigarouter.scheduler.batching import plan_batch
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's sequences and where their vectors go."""
+
+    items: list[PreparedInput]
+    interactive: bool
+    future: asyncio.Future
+    vectors: np.ndarray | None = None
+    remaining: int = 0
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None       # first batch holding one of its sequences began
+    infer_seconds: float = 0.0             # device time of the batches it rode in
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(item.token_ids) for item in self.items)
+
+    @property
+    def queue_seconds(self) -> float:
+        return (self.started_at or self.submitted_at) - self.submitted_at
+
+
+@dataclass(eq=False)
+class _Slot:
+    job: Job
+    index: int
+
+    @property
+    def length(self) -> int:
+        return len(self.job.items[self.index].token_ids)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, *, model: str, token_budget: int, max_queued_tokens: int,
+                 metrics: Metrics | None = None, window: int = 512) -> None:
+        self.engine = engine
+        self.model = model
+        self.token_budget = token_budget
+        self.max_queued_tokens = max_queued_tokens
+        self.metrics = metrics
+        self.window = window
+        self._lanes: dict[bool, deque[_Slot]] = {True: deque(), False: deque()}
+        self._queued_tokens = 0
+        self._wake = asyncio.Event()
+        self._accepting = False
+        self._task: asyncio.Task | None = None
+        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{model}")
+        self._last_lane_interactive = False
+        self._tokens_per_second = 0.0      # moving average, for Retry-After
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.model}")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish everything already admitted, then stop."""
+        self._accepting = False
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._device.shutdown(wait=True)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    # -- admission --------------------------------------------------------------------------
+
+    async def submit(self, items: list[PreparedInput], *, interactive: bool) -> Job:
+        """Admit a job and return it; await ``job.future`` for ``[n, dim]`` float32 vectors."""
+        if not self._accepting:
+            raise NotReady(f"model {self.model!r} is shutting down", code="shutting_down")
+        job = Job(items=items, interactive=interactive, future=asyncio.get_running_loop().create_future(),
+                  remaining=len(items))
+        tokens = job.num_tokens
+        if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
+            if self.metrics:
+                self.metrics.rejected.labels(self.model).inc()
+            raise QueueFull(f"model {self.model!r} is at capacity; retry shortly",
+                            retry_after=self._drain_estimate(tokens))
+        lane = self._lanes[interactive]
+        lane.extend(_Slot(job, i) for i in range(len(items)))
+        self._queued_tokens += tokens
+        self._report_queue()
+        self._wake.set()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client left: drop what has not run yet."""
+        if not job.future.done():
+            job.cancelled = True
+            job.future.cancel()
+
+    def _drain_estimate(self, extra_tokens: int) -> float:
+        rate = self._tokens_per_second or 1000.0
+        return (self._queued_tokens + extra_tokens) / rate
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            slots = self._next_batch()
+            if not slots:
+                if not self._accepting:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._execute(loop, slots)
+
+    def _next_batch(self) -> list[_Slot]:
+        self._drop_cancelled()
+        interactive, bulk = self._lanes[True], self._lanes[False]
+        if not interactive and not bulk:
+            return []
+        # Alternate when both lanes wait, so neither starves the other.
+        use_interactive = bool(interactive) and (not bulk or not self._last_lane_interactive)
+        lane = interactive if use_interactive else bulk
+        self._last_lane_interactive = use_interactive
+        window = [lane[i] for i in range(min(self.window, len(lane)))]
+        chosen = plan_batch([s.length for s in window], token_budget=self.token_budget, window=self.window)
+        picked = set(chosen)
+        slots = [window[i] for i in chosen]
+        rest = [s for i, s in enumerate(window) if i not in picked]
+        for _ in range(len(window)):
+            lane.popleft()
+        lane.extendleft(reversed(rest))
+        self._queued_tokens -= sum(s.length for s in slots)
+        self._report_queue()
+        return slots
+
+    def _drop_cancelled(self) -> None:
+        for lane in self._lanes.values():
+            if any(s.job.cancelled for s in lane):
+                kept = [s for s in lane if not s.job.cancelled]
+                dropped = len(lane) - len(kept)
+                self._queued_tokens -= sum(s.length for s in lane if s.job.cancelled)
+                lane.clear()
+                lane.extend(kept)
+                if self.metrics and dropped:
+                    self.metrics.dropped.labels(self.model).inc(dropped)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, slots: list[_Slot]) -> None:
+        batch = pack([s.job.items[s.index].token_ids for s in slots],
+                     [s.job.items[s.index].pool_start for s in slots])
+        started = time.perf_counter()
+        for s in slots:
+            if s.job.started_at is None:
+                s.job.started_at = started
+        try:
+            vectors = await loop.run_in_executor(self._device, self.engine.embed, batch)
+        except Exception as exc:  # the device failed: every job in the batch fails with it
+            for s in slots:
+                if not s.job.future.done():
+                    s.job.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._observe_batch(batch.num_tokens, len(slots), elapsed)
+        for job in {id(s.job): s.job for s in slots}.values():
+            job.infer_seconds += elapsed
+        for row, s in enumerate(slots):
+            self._deliver(s, vectors[row])
+
+    @staticmethod
+    def _deliver(slot: _Slot, vector: np.ndarray) -> None:
+        job = slot.job
+        if job.future.done():
+            return
+        if job.vectors is None:
+            job.vectors = np.empty((len(job.items), vector.shape[0]), dtype=np.float32)
+        job.vectors[slot.index] = vector
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.future.set_result(job.vectors)
+
+    def _observe_batch(self, tokens: int, sequences: int, elapsed: float) -> None:
+        rate = tokens / max(elapsed, 1e-6)
+        self._tokens_per_second = rate if not self._tokens_per_second else 0.8 * self._tokens_per_second + 0.2 * rate
+        if self.metrics:
+            self.metrics.batch_tokens.labels(self.model).observe(tokens)
+            self.metrics.batch_sequences.labels(self.model).observe(sequences)
+
+    def _report_queue(self) -> None:
+        if self.metrics:
+            self.metrics.queue_tokens.labels(self.model).set(self._queued_tokens)
+            self.metrics.queue_sequences.labels(self.model).set(sum(len(lane) for lane in self._lanes.values()))
