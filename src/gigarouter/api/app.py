@@ -49,4 +49,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     for module in (embeddings, models, health):
         app.include_router(module.router)
+    from gigarouter import web
+
+    web.mount(app)
     return app
