@@ -88,7 +88,13 @@ async def _wait(request: Request, scheduler: Scheduler, job: Job) -> np.ndarray 
 
 def _payload(req: EmbeddingRequest, dep: Deployment, vectors: np.ndarray, tokens: int) -> dict:
     vectors = finish(vectors, dimensions=req.dimensions, normalize=req.normalize)
-    encode = to_base64 if req.encoding_format == "base64" else (lambda v: v)
+    if req.encoding_format == "base64":
+        encode = to_base64
+    else:
+        # Each float32 is written as its exact float64 value (as OpenAI does), so a client
+        # parsing the JSON gets bit-for-bit the numbers that base64 would have given it.
+        vectors = vectors.astype(np.float64)
+        encode = lambda v: v  # noqa: E731
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gigarouter.api.deps import MetricsDep, RegistryDep
@@ -13,18 +14,25 @@ router = APIRouter()
 
 @router.get("/health")
 async def health() -> dict:
+    """The process is alive (says nothing about models)."""
     return {"status": "ok"}
 
 
 @router.get("/ready")
 async def ready(registry: RegistryDep) -> Response:
-    models = {d.name: d.state if d.state != "failed" else f"failed: {d.error}" for d in registry.deployments}
-    unhealthy = [d.name for d in registry.deployments if d.engine is not None and not d.engine.health()]
-    if registry.ready and not unhealthy:
-        from fastapi.responses import JSONResponse
-        return JSONResponse({"status": "ready", "models": models})
-    waiting = [name for name, state in models.items() if state != "ready"] + unhealthy
-    return error_response(503, f"not ready: {', '.join(waiting)}", type="server_error", code="not_ready")
+    """200 once every configured model is loaded, warmed up and its device answers."""
+    states = {}
+    for dep in registry.deployments:
+        state = dep.state
+        if state == "failed":
+            state = f"failed: {dep.error}"
+        elif state == "ready" and not dep.engine.health():
+            state = "device not answering"
+        states[dep.name] = state
+    if all(state == "ready" for state in states.values()):
+        return JSONResponse({"status": "ready", "models": states})
+    waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")
+    return error_response(503, f"not ready: {waiting}", type="server_error", code="not_ready")
 
 
 @router.get("/metrics")

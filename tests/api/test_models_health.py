@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import threading
+import time
+
+from fastapi.testclient import TestClient
+
+from gigarouter.api.app import create_app
+from gigarouter.settings import Settings
+from tests.conftest import FakeEngine, fake_loader, wait_ready
+
+
+def test_models_list_has_catalog_fields(real_client):
+    body = real_client.get("/v1/models").json()
+    assert body["object"] == "list"
+    entry = next(m for m in body["data"] if m["id"] == "all-minilm-l6-v2")
+    assert entry["object"] == "model" and isinstance(entry["created"], int) and entry["owned_by"]
+    assert entry["dimensions"] == 384 and entry["max_tokens"] == 256
+    assert entry["recipe"] == "sbert" and entry["license"] == "apache-2.0" and entry["status"] == "live"
+    one = real_client.get("/v1/models/sentence-transformers/all-MiniLM-L6-v2")
+    assert one.status_code == 200 and one.json()["id"] == "all-minilm-l6-v2"
+    assert real_client.get("/v1/models/nope").status_code == 404
+
+
+def test_ready_is_503_until_loaded_and_health_is_200_throughout():
+    release = threading.Event()
+    load = fake_loader(FakeEngine())
+
+    def slow_loader(config, settings):
+        release.wait(timeout=30)
+        return load(config, settings)
+
+    with TestClient(create_app(Settings(), loader=slow_loader)) as client:
+        assert client.get("/health").status_code == 200
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        r = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "x"})
+        assert r.status_code == 503
+        release.set()
+        wait_ready(client)
+
+
+def test_failed_model_keeps_ready_503_with_reason():
+    def broken(config, settings):
+        raise RuntimeError("weights are corrupt")
+
+    with TestClient(create_app(Settings(), loader=broken)) as client:
+        deadline = time.monotonic() + 5
+        while client.app.state.registry.deployments[0].state == "loading" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = client.get("/ready")
+        assert r.status_code == 503 and "weights are corrupt" in r.json()["error"]["message"]
+
+
+def test_metrics_expose_requests_queue_batches_and_stages(real_client):
+    real_client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["a", "b"]})
+    text = real_client.get("/metrics").text
+    assert 'gigarouter_requests_total{model="all-minilm-l6-v2",route="/v1/embeddings",status="200"}' in text
+    assert "gigarouter_queue_tokens" in text
+    assert 'gigarouter_batch_tokens_count{model="all-minilm-l6-v2"}' in text
+    assert 'gigarouter_batch_sequences_bucket' in text
+    for stage in ("tokenize", "queue", "inference"):
+        assert f'gigarouter_stage_seconds_count{{model="all-minilm-l6-v2",stage="{stage}"}}' in text
+
+
+def test_unknown_route_and_method_are_openai_shaped(real_client):
+    r = real_client.get("/v2/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    r = real_client.get("/v1/embeddings")
+    assert r.status_code == 405 and "error" in r.json()

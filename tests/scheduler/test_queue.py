@@ -1,0 +1,133 @@
+"""The scheduler loop: budgets, lanes, cancellation, bounded queue, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from gigarouter.errors import NotReady, QueueFull
+from gigarouter.recipes.base import PreparedInput
+from gigarouter.scheduler.queue import Scheduler
+from tests.conftest import FakeEngine
+
+
+def items(*lengths: int) -> list[PreparedInput]:
+    return [PreparedInput(token_ids=list(range(1, n + 1)), pool_start=0) for n in lengths]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batches_respect_the_token_budget_and_results_keep_order():
+    async def main():
+        engine = FakeEngine(token_budget=64)
+        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(*([16] * 10)), interactive=False)
+        vectors = await job.future
+        await sched.stop()
+        return engine, vectors
+
+    engine, vectors = run(main())
+    assert vectors.shape == (10, 8)
+    assert all(b.num_sequences * int(b.lengths.max()) <= 64 for b in engine.batches)
+    alone = FakeEngine().embed(__import__("gigarouter.engine.base", fromlist=["pack"]).pack([list(range(1, 17))]))
+    np.testing.assert_array_equal(vectors[3], alone[0])
+
+
+def test_full_queue_refuses_with_retry_after():
+    async def main():
+        gate = threading.Event()
+        sched = Scheduler(FakeEngine(gate=gate), model="m", token_budget=100, max_queued_tokens=100)
+        sched.start()
+        first = await sched.submit(items(50), interactive=False)     # taken by the device, blocks
+        await asyncio.sleep(0.05)
+        second = await sched.submit(items(60, 40), interactive=False)  # waits: queue holds 100
+        with pytest.raises(QueueFull) as err:
+            await sched.submit(items(10), interactive=False)
+        gate.set()
+        await asyncio.gather(first.future, second.future)
+        await sched.stop()
+        return err.value
+
+    err = run(main())
+    assert err.status == 429 and int(err.headers["Retry-After"]) >= 1
+
+
+def test_cancelled_jobs_are_dropped_before_compute():
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(gate=gate)
+        sched = Scheduler(engine, model="m", token_budget=100, max_queued_tokens=10_000)
+        sched.start()
+        blocker = await sched.submit(items(10), interactive=False)
+        await asyncio.sleep(0.05)
+        doomed = await sched.submit(items(7, 7, 7), interactive=False)
+        sched.cancel(doomed)
+        kept = await sched.submit(items(9), interactive=False)
+        gate.set()
+        await asyncio.gather(blocker.future, kept.future)
+        await sched.stop()
+        return engine, sched
+
+    engine, sched = run(main())
+    assert all(7 not in b.lengths for b in engine.batches)
+    assert sched.queued_tokens == 0
+
+
+def test_lanes_alternate_so_bulk_cannot_starve_queries():
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(gate=gate)
+        sched = Scheduler(engine, model="m", token_budget=32, max_queued_tokens=100_000)
+        sched.start()
+        blocker = await sched.submit(items(32), interactive=False)
+        await asyncio.sleep(0.05)
+        bulk = await sched.submit(items(*([32] * 6)), interactive=False)
+        query = await sched.submit(items(4), interactive=True)
+        gate.set()
+        await asyncio.gather(blocker.future, bulk.future, query.future)
+        await sched.stop()
+        return engine
+
+    engine = run(main())
+    order = [int(b.lengths.max()) for b in engine.batches]
+    # the query runs right after the batch in flight, not after six bulk batches
+    assert order.index(4) == 1
+
+
+def test_stop_finishes_admitted_work_and_refuses_new():
+    async def main():
+        sched = Scheduler(FakeEngine(), model="m", token_budget=64, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(*([30] * 8)), interactive=False)
+        await sched.stop()
+        assert job.future.done() and job.future.result().shape == (8, 8)
+        with pytest.raises(NotReady):
+            await sched.submit(items(3), interactive=False)
+
+    run(main())
+
+
+def test_engine_failure_fails_the_jobs_in_that_batch_only():
+    class Exploding(FakeEngine):
+        def embed(self, batch):
+            if 13 in batch.lengths:
+                raise RuntimeError("device fell over")
+            return super().embed(batch)
+
+    async def main():
+        sched = Scheduler(Exploding(), model="m", token_budget=13, max_queued_tokens=10_000)
+        sched.start()
+        bad = await sched.submit(items(13), interactive=False)
+        good = await sched.submit(items(5), interactive=False)
+        with pytest.raises(RuntimeError):
+            await bad.future
+        assert (await good.future).shape == (1, 8)
+        await sched.stop()
+
+    run(main())
