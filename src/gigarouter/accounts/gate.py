@@ -12,6 +12,18 @@ The embeddings handler runs, in order::
     except: await gate.refund(charge, status=...); raise
     await gate.settle(charge, status=200, latency_ms=...)
 
+Retries with an ``Idempotency-Key`` header wrap everything after
+``authenticate`` (a replay is neither rate limited nor charged)::
+
+    async with gate.idempotency(principal, key_header, idempotency.fingerprint(body)) as slot:
+        if slot.replay is not None:
+            return Response(slot.replay.body, status_code=slot.replay.status, ...)
+        ... as above, with reserve(..., idempotency=slot) and settle(..., response=content)
+
+``settle`` stores ``response`` in the same transaction as the charge, so a
+retry gets that body back and is not charged again; leaving the block without
+settling releases the key (docs/accounts.md).
+
 ``OpenGate`` is the no-accounts mode (loopback, no keys): everyone is the same
 anonymous principal and nothing is charged. The database-backed gate lives
 beside this file and implements the same methods.
@@ -19,6 +31,8 @@ beside this file and implements the same methods.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +42,8 @@ class Principal:
     account_id: str | None            # None in open mode
     key_id: str | None
     scopes: frozenset[str] = field(default_factory=frozenset)
+    rpm: int | None = None            # the key's own limits; None = the gate's default
+    tpm: int | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -46,15 +62,37 @@ class Charge:
     reservation_id: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredResponse:
+    """The first response to a request with an Idempotency-Key, returned again to its retries."""
+
+    status: int
+    body: bytes
+
+
+@dataclass
+class IdempotencySlot:
+    """What a request holds while it runs under an Idempotency-Key (an empty slot without one)."""
+
+    replay: StoredResponse | None = None   # set: return this instead of running the request
+    claim_id: str | None = None
+    reservation_id: str | None = None      # set by reserve(..., idempotency=slot)
+    closed: bool = False                   # settled or refunded
+
+
 ANONYMOUS = Principal(account_id=None, key_id=None, scopes=frozenset({"embed", "usage:read"}))
 
 
 class Gate(Protocol):
     async def authenticate(self, authorization: str | None, *, scope: str) -> Principal: ...
     async def check_rate(self, principal: Principal, *, tokens: int) -> dict[str, str]: ...
+    def idempotency(self, principal: Principal, key: str | None,
+                    fingerprint: str) -> AbstractAsyncContextManager[IdempotencySlot]: ...
     async def reserve(self, principal: Principal, *, model: str, tokens: int,
-                      price_per_million_usd: float, request_id: str) -> Charge: ...
-    async def settle(self, charge: Charge, *, status: int, latency_ms: float) -> None: ...
+                      price_per_million_usd: float | None, request_id: str,
+                      idempotency: IdempotencySlot | None = None) -> Charge: ...
+    async def settle(self, charge: Charge, *, status: int, latency_ms: float,
+                     response: bytes | None = None) -> None: ...
     async def refund(self, charge: Charge, *, status: int) -> None: ...
     async def close(self) -> None: ...
 
@@ -68,11 +106,18 @@ class OpenGate:
     async def check_rate(self, principal: Principal, *, tokens: int) -> dict[str, str]:
         return {}
 
+    @asynccontextmanager
+    async def idempotency(self, principal: Principal, key: str | None,
+                          fingerprint: str) -> AsyncIterator[IdempotencySlot]:
+        yield IdempotencySlot()        # nothing is charged, so nothing needs protecting from retries
+
     async def reserve(self, principal: Principal, *, model: str, tokens: int,
-                      price_per_million_usd: float, request_id: str) -> Charge:
+                      price_per_million_usd: float | None, request_id: str,
+                      idempotency: IdempotencySlot | None = None) -> Charge:
         return Charge(principal=principal, request_id=request_id, model=model, tokens=tokens, cost_micro=0)
 
-    async def settle(self, charge: Charge, *, status: int, latency_ms: float) -> None:
+    async def settle(self, charge: Charge, *, status: int, latency_ms: float,
+                     response: bytes | None = None) -> None:
         return None
 
     async def refund(self, charge: Charge, *, status: int) -> None:
