@@ -1,0 +1,207 @@
+"""Money: exact per-request cost, atomic reservations, settlement, refunds and grants.
+
+Units. Every amount is an integer number of micro-dollars (1 USD = 1_000_000).
+A model's price is given in USD per 1M tokens, which is the same number as
+micro-dollars per token; it is stored as integer micro-dollars per 1M tokens
+(0.002 USD/M -> 2_000), rounded up if finer. The cost of a request is
+
+    cost_micro = ceil(tokens * price_micro_per_million / 1_000_000)
+
+rounded up once per request, so no request of a priced model is free and no
+fraction of a micro-dollar is ever lost or invented.
+
+Each function below runs inside the caller's transaction (``db.transaction``)
+and writes the balance change, its ledger entry and (when a reservation
+closes) its usage record together, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
+from sqlalchemy import Connection, false, insert, or_, select, update
+
+from gigarouter.accounts import idempotency
+from gigarouter.accounts.tables import Account, ApiKey, LedgerEntry, Reservation, UsageRecord, utcnow
+from gigarouter.errors import Forbidden, InsufficientCredit, NotFound
+
+MICRO = 1_000_000
+
+
+def price_micro_per_million(price_per_million_usd: float | Decimal | str | None) -> int:
+    """USD per 1M tokens -> integer micro-dollars per 1M tokens. None means the model is free."""
+    if price_per_million_usd is None:
+        return 0
+    # str() first: Decimal(0.002) is 0.00200000000000000004..., Decimal("0.002") is exact.
+    value = Decimal(str(price_per_million_usd))
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"invalid price: {price_per_million_usd!r}")
+    return int((value * MICRO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def cost_micro(tokens: int, price_micro_per_million: int) -> int:
+    """Exact integer cost, rounded up to the next micro-dollar."""
+    if tokens < 0:
+        raise ValueError("tokens must be >= 0")
+    return -(-tokens * price_micro_per_million // MICRO)
+
+
+def usd_to_micro(amount: str | Decimal | int) -> int:
+    """A decimal USD amount ("1.25") -> micro-dollars, refusing anything finer than a micro-dollar."""
+    try:
+        value = Decimal(str(amount)) * MICRO
+    except InvalidOperation:
+        raise ValueError(f"not an amount in USD: {amount!r}") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise ValueError(f"{amount!r} is not a whole number of micro-dollars")
+    return int(value)
+
+
+def format_usd(micro: int) -> str:
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A reservation just taken."""
+
+    reservation_id: str
+    cost_micro: int
+    balance_micro: int               # the account's balance right after
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    account_id: str
+    key_id: str | None
+    request_id: str
+    model: str
+    tokens: int
+    price_micro_per_million: int
+    owner: int                       # the gateway process taking it (see recovery.py)
+    idempotency_claim: str | None = None
+
+
+def reserve(conn: Connection, req: ReservationRequest) -> Held:
+    """Take the exact cost from the balance, or raise; never read-then-write.
+
+    The balance moves in one conditional UPDATE (``WHERE balance >= cost``);
+    concurrent reservations either see enough credit and take it, or match no
+    row. A key's spend cap is checked the same way in the same transaction.
+    """
+    cost = cost_micro(req.tokens, req.price_micro_per_million)
+    balance = conn.execute(
+        update(Account)
+        .where(Account.id == req.account_id, Account.balance_micro >= cost, Account.disabled == false())
+        .values(balance_micro=Account.balance_micro - cost)
+        .returning(Account.balance_micro)
+    ).scalar_one_or_none()
+    if balance is None:
+        raise _refusal(conn, req.account_id, cost)
+    if req.key_id is not None:
+        _charge_key(conn, req.key_id, cost)
+    reservation_id = f"res_{uuid.uuid4().hex}"
+    conn.execute(insert(Reservation).values(
+        id=reservation_id, account_id=req.account_id, key_id=req.key_id, request_id=req.request_id,
+        model=req.model, tokens=req.tokens, price_micro_per_million=req.price_micro_per_million,
+        cost_micro=cost, state="held", owner=req.owner, created_at=utcnow()))
+    _entry(conn, req.account_id, "reserve", -cost, reservation_id=reservation_id)
+    if req.idempotency_claim is not None:
+        idempotency.link(conn, claim_id=req.idempotency_claim, reservation_id=reservation_id)
+    return Held(reservation_id=reservation_id, cost_micro=cost, balance_micro=balance)
+
+
+def _charge_key(conn: Connection, key_id: str, cost: int) -> None:
+    within_cap = or_(ApiKey.spend_cap_micro.is_(None), ApiKey.spent_micro + cost <= ApiKey.spend_cap_micro)
+    updated = conn.execute(
+        update(ApiKey).where(ApiKey.id == key_id, within_cap)
+        .values(spent_micro=ApiKey.spent_micro + cost).returning(ApiKey.id)
+    ).scalar_one_or_none()
+    if updated is None:  # raising rolls the balance update back with the transaction
+        raise InsufficientCredit("this API key has reached its spend cap", code="spend_cap_reached")
+
+
+def _refusal(conn: Connection, account_id: str, cost: int) -> Exception:
+    """Why a reservation matched no row (read after the fact, only to word the error)."""
+    row = conn.execute(select(Account.balance_micro, Account.disabled).where(Account.id == account_id)).one_or_none()
+    if row is None:
+        return NotFound(f"account {account_id} does not exist")
+    if row.disabled:
+        return Forbidden("this account is disabled", code="account_disabled")
+    return InsufficientCredit(f"insufficient credit: this request costs ${format_usd(cost)} "
+                              f"and the balance is ${format_usd(row.balance_micro)}")
+
+
+def settle(conn: Connection, *, reservation_id: str, status: int, latency_ms: float | None,
+           response: bytes | None = None) -> bool:
+    """Turn a held reservation into a charge, with its usage record; False if it was already closed.
+
+    ``response`` is stored for the request's Idempotency-Key, if it had one,
+    in this same transaction: a charged request always has its replayable result.
+    """
+    row = _close(conn, reservation_id, "settled")
+    if row is None:
+        return False
+    _entry(conn, row.account_id, "settle", 0, reservation_id=reservation_id)
+    key = idempotency.complete(conn, reservation_id=reservation_id, status=status, response=response)
+    _usage(conn, row, cost=row.cost_micro, status=status, latency_ms=latency_ms, idempotency_key=key)
+    return True
+
+
+def refund(conn: Connection, *, reservation_id: str, status: int, latency_ms: float | None = None) -> bool:
+    """Give a held reservation's credit back (usage record with cost 0); False if already closed."""
+    row = _close(conn, reservation_id, "refunded")
+    if row is None:
+        return False
+    conn.execute(update(Account).where(Account.id == row.account_id)
+                 .values(balance_micro=Account.balance_micro + row.cost_micro))
+    if row.key_id is not None:
+        conn.execute(update(ApiKey).where(ApiKey.id == row.key_id)
+                     .values(spent_micro=ApiKey.spent_micro - row.cost_micro))
+    _entry(conn, row.account_id, "refund", row.cost_micro, reservation_id=reservation_id)
+    key = idempotency.release_reservation(conn, reservation_id=reservation_id)
+    _usage(conn, row, cost=0, status=status, latency_ms=latency_ms, idempotency_key=key)
+    return True
+
+
+def _close(conn: Connection, reservation_id: str, state: str):
+    # The state check in the WHERE clause is what makes settle/refund happen at most once.
+    return conn.execute(
+        update(Reservation).where(Reservation.id == reservation_id, Reservation.state == "held")
+        .values(state=state, closed_at=utcnow())
+        .returning(Reservation.id, Reservation.account_id, Reservation.key_id, Reservation.request_id,
+                   Reservation.model, Reservation.tokens, Reservation.cost_micro)
+    ).one_or_none()
+
+
+def _usage(conn: Connection, row, *, cost: int, status: int, latency_ms: float | None,
+           idempotency_key: str | None) -> None:
+    conn.execute(insert(UsageRecord).values(
+        reservation_id=row.id, request_id=row.request_id, account_id=row.account_id, key_id=row.key_id,
+        model=row.model, tokens=row.tokens, cost_micro=cost, status=status, latency_ms=latency_ms,
+        idempotency_key=idempotency_key, created_at=utcnow()))
+
+
+def grant(conn: Connection, *, account_id: str, amount_micro: int, note: str | None = None) -> int:
+    """Add credit (or, when negative, take it back without going below zero); the new balance."""
+    if amount_micro == 0:
+        raise ValueError("amount must not be zero")
+    statement = update(Account).where(Account.id == account_id)
+    if amount_micro < 0:
+        statement = statement.where(Account.balance_micro >= -amount_micro)
+    balance = conn.execute(statement.values(balance_micro=Account.balance_micro + amount_micro)
+                           .returning(Account.balance_micro)).scalar_one_or_none()
+    if balance is None:
+        raise _refusal(conn, account_id, -amount_micro)
+    _entry(conn, account_id, "grant" if amount_micro > 0 else "adjustment", amount_micro, note=note)
+    return balance
+
+
+def _entry(conn: Connection, account_id: str, kind: str, amount: int, *, reservation_id: str | None = None,
+           note: str | None = None) -> None:
+    conn.execute(insert(LedgerEntry).values(account_id=account_id, kind=kind, amount_micro=amount,
+                                            reservation_id=reservation_id, note=note, created_at=utcnow()))
