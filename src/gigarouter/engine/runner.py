@@ -33,6 +33,23 @@ def default_token_budget(device: torch.device) -> int:
     return GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET
 
 
+def budget_from_memory(*, free_bytes: int, hidden: int, intermediate: int, dtype_bytes: int,
+                       max_seq_len: int, headroom: float = 0.6, ceiling: int = 262_144) -> int:
+    """Tokens per forward pass that fit in ``free_bytes`` of device memory.
+
+    Inference keeps only one layer's activations alive at a time. Per token that is
+    about the residual stream, q/k/v/o, and the gated MLP's three intermediate
+    tensors: ``(6 * hidden + 3 * intermediate) * dtype_bytes``, plus float32 pooling.
+    ``headroom`` leaves room for the allocator's fragmentation and attention
+    workspaces. The warm-up at start-up checks the answer for real.
+    """
+    per_token = (6 * hidden + 3 * intermediate) * dtype_bytes + 4 * hidden
+    budget = int(free_bytes * headroom) // per_token
+    # Round down to a multiple of the longest sequence so a full batch of them fits.
+    budget = min(budget, ceiling) // max_seq_len * max_seq_len
+    return max(budget, max_seq_len)
+
+
 class TorchEngine:
     def __init__(self, model: nn.Module, *, pooling: PoolingMode, dim: int, device: torch.device,
                  token_budget: int, max_seq_len: int) -> None:
@@ -54,10 +71,22 @@ class TorchEngine:
             return pooled.cpu().numpy()
 
     def warmup(self) -> None:
-        """One pass at the full budget (longest sequences), so a device OOM shows now."""
-        n = max(1, self.token_budget // self.max_seq_len)
-        # Token id 1 exists in every vocabulary we serve; values do not matter for cost.
-        self.embed(pack([[1] * self.max_seq_len] * n))
+        """One pass at the full budget (longest sequences), so a device OOM shows now, not under load.
+
+        On a GPU an out-of-memory halves the budget and tries again, down to one
+        longest sequence; the budget that passed is the one the scheduler uses.
+        """
+        while True:
+            n = max(1, self.token_budget // self.max_seq_len)
+            try:
+                # Token id 1 exists in every vocabulary we serve; values do not matter for cost.
+                self.embed(pack([[1] * self.max_seq_len] * n))
+                return
+            except torch.OutOfMemoryError:
+                if n == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.token_budget = max(self.max_seq_len, self.token_budget // 2)
 
     def health(self) -> bool:
         try:
