@@ -1,0 +1,163 @@
+"""What the catalog pages show, computed from the cards (in memory) and this server's deployments.
+
+A model is "live" only when a deployment of its card is ready in this server;
+its "API providers" count is the number of such ready deployments. Everything
+here is pure: the routes pass in the cards, the registry and the vote counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gigarouter.catalog.cards import ModelCard
+from gigarouter.catalog.registry import Deployment, ModelRegistry
+
+LIVE = "live"
+COMING_SOON = "coming soon"
+STATUSES = (LIVE, COMING_SOON)
+SORTS = {
+    "popularity": "Most downloaded",
+    "wanted": "Most wanted",
+    "price": "Price: low to high",
+    "price-desc": "Price: high to low",
+    "name": "Name",
+}
+
+
+@dataclass(frozen=True)
+class ModelView:
+    card: ModelCard
+    status: str                 # LIVE | COMING_SOON
+    providers: int              # ready deployments serving this card
+    served_name: str            # the `model` value a client sends
+    votes: int = 0
+
+    @property
+    def slug(self) -> str:
+        return self.card.slug
+
+    @property
+    def live(self) -> bool:
+        return self.status == LIVE
+
+
+def ready_deployments(registry: ModelRegistry | None, card: ModelCard) -> list[Deployment]:
+    if registry is None:
+        return []
+    return [d for d in registry.deployments if d.state == "ready" and d.card is not None and d.card.slug == card.slug]
+
+
+def view(card: ModelCard, registry: ModelRegistry | None, votes: Mapping[str, int]) -> ModelView:
+    ready = ready_deployments(registry, card)
+    return ModelView(card=card, status=LIVE if ready else COMING_SOON, providers=len(ready),
+                     served_name=ready[0].name if ready else card.slug, votes=votes.get(card.slug, 0))
+
+
+def views(cards: Iterable[ModelCard], registry: ModelRegistry | None, votes: Mapping[str, int]) -> list[ModelView]:
+    return [view(card, registry, votes) for card in cards]
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: str = ""
+    license: str = ""
+    task: str = ""
+    sort: str = "popularity"
+
+    @classmethod
+    def parse(cls, *, status: str | None, license: str | None, task: str | None, sort: str | None) -> "Filters":
+        return cls(status=status if status in STATUSES else "", license=(license or "").strip(),
+                   task=(task or "").strip(), sort=sort if sort in SORTS else "popularity")
+
+
+def select(models: Sequence[ModelView], filters: Filters) -> list[ModelView]:
+    """Filter by status, license and task; then sort (ties broken by name, so the order is stable)."""
+    kept = [m for m in models
+            if (not filters.status or m.status == filters.status)
+            and (not filters.license or m.card.license == filters.license)
+            and (not filters.task or m.card.task == filters.task)]
+    by_name = sorted(kept, key=lambda m: m.card.display_name.lower())
+    if filters.sort == "name":
+        return by_name
+    if filters.sort == "wanted":
+        return sorted(by_name, key=lambda m: -m.votes)
+    if filters.sort in ("price", "price-desc"):
+        priced = [m for m in by_name if m.card.price_per_million_usd is not None]
+        unpriced = [m for m in by_name if m.card.price_per_million_usd is None]
+        priced.sort(key=lambda m: m.card.price_per_million_usd, reverse=filters.sort == "price-desc")
+        return priced + unpriced    # models with no price yet come last either way
+    return sorted(by_name, key=lambda m: -(m.card.downloads_per_month or 0))
+
+
+def most_wanted(models: Sequence[ModelView], *, limit: int = 5) -> list[ModelView]:
+    """Models that are not live yet, by votes (only those with at least one vote)."""
+    wanted = [m for m in models if not m.live and m.votes > 0]
+    return sorted(wanted, key=lambda m: (-m.votes, m.card.display_name.lower()))[:limit]
+
+
+def facets(models: Sequence[ModelView]) -> dict[str, list[str]]:
+    return {"license": sorted({m.card.license for m in models}), "task": sorted({m.card.task for m in models})}
+
+
+def related(card: ModelCard, cards: Mapping[str, ModelCard]) -> list[ModelCard]:
+    return [cards[slug] for slug in card.related if slug in cards and slug != card.slug]
+
+
+def parse_slugs(values: Iterable[str], cards: Mapping[str, ModelCard]) -> tuple[list[ModelCard], list[str]]:
+    """``?models=a,b&models=c`` -> the known cards in order (no repeats) and the unknown names."""
+    found: list[ModelCard] = []
+    unknown: list[str] = []
+    by_name = {name.lower(): card for card in cards.values() for name in card.names}
+    for value in values:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
+            card = by_name.get(name.lower())
+            if card is None:
+                unknown.append(name)
+            elif card not in found:
+                found.append(card)
+    return found, unknown
+
+
+def benchmark_columns(cards: Sequence[ModelCard]) -> list[str]:
+    columns: list[str] = []
+    for card in cards:
+        for column in card.benchmark_columns:
+            if column not in columns:
+                columns.append(column)
+    return columns
+
+
+def benchmark_scores(card: ModelCard, cards: Iterable[ModelCard]) -> dict[str, float]:
+    """A model's reported scores: its own card's row first, then rows about it on other cards' tables."""
+    names = {n.lower() for n in (card.display_name, card.slug, card.hub_id, card.hub_id.split("/")[-1], *card.aliases)}
+    scores: dict[str, float] = {}
+    for source in (card, *(c for c in cards if c.slug != card.slug)):
+        for row in source.benchmarks:
+            if row.model.lower() in names:
+                for column, value in row.scores.items():
+                    scores.setdefault(column, value)
+    return scores
+
+
+def spec_rows(card: ModelCard) -> list[tuple[str, str]]:
+    """The specs table: the card's standard facts, then its extra rows (which may restate one of them)."""
+    rows = {"Task": card.task, "Architecture": card.architecture, "Parameters": card.parameters,
+            "License": card.license, "Max Sequence Length": f"{card.max_tokens} tokens",
+            "Embedding Dimensions": str(card.dimensions)}
+    for name, value in card.extra_specs.items():
+        same = next((k for k in rows if k.lower() == name.lower()), name)
+        rows[same] = value
+    return list(rows.items())
+
+
+def example_model(registry: ModelRegistry | None) -> str:
+    """A model name for examples: the first live deployment, else the embedded default."""
+    from gigarouter.settings import DEFAULT_MODEL_NAME
+
+    for dep in registry.deployments if registry else ():
+        if dep.state == "ready":
+            return dep.name
+    return DEFAULT_MODEL_NAME

@@ -1,0 +1,110 @@
+"""How catalog facts read on a page: prices, download counts, month dates, a little markdown.
+
+Pure functions, registered as Jinja filters by ``templating.py`` and tested on
+their own. The seed pages fix the formats: ``~$0.008``, ``14.7K``, ``May 2024``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from markupsafe import Markup, escape
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def price(value: float | None, *, estimated: bool = False) -> str:
+    """``0.008`` -> ``$0.008`` (``~$0.008`` when estimated); at least two decimals, no trailing zeros past them."""
+    if value is None:
+        return "—"
+    text = f"{value:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    text = f"{whole}.{frac.ljust(2, '0')}"
+    return f"{'~' if estimated else ''}${text}"
+
+
+def micro_dollars(value: int | None) -> str:
+    """Integer micro-dollars, exact: ``1_000_000`` -> ``$1.00``, ``999_978`` -> ``$0.999978``."""
+    if value is None:
+        return "—"
+    whole, frac = divmod(abs(value), 1_000_000)
+    digits = f"{frac:06d}".rstrip("0").ljust(2, "0")
+    return f"{'-' if value < 0 else ''}${whole:,}.{digits}"
+
+
+def compact(value: int | None) -> str:
+    """``14700`` -> ``14.7K``, ``1_250_000`` -> ``1.3M``, ``950`` -> ``950``."""
+    if value is None:
+        return "—"
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if abs(value) >= size:
+            text = f"{value / size:.1f}".removesuffix(".0")
+            return f"{text}{suffix}"
+    return str(value)
+
+
+def month(value: str | None) -> str:
+    """``2024-05`` or ``2024-05-29`` -> ``May 2024``; anything else is shown as given."""
+    if not value:
+        return ""
+    match = re.fullmatch(r"(\d{4})-(\d{2})(?:-\d{2})?", value.strip())
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        return value
+    return f"{_MONTHS[int(match.group(2)) - 1]} {match.group(1)}"
+
+
+def day(value: date | str) -> str:
+    """A date as ``May 29``."""
+    if isinstance(value, str):
+        value = date.fromisoformat(value[:10])
+    return f"{_MONTHS[value.month - 1]} {value.day}"
+
+
+def thousands(value: int | float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}"
+
+
+def score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+
+
+def _inline(text: str) -> str:
+    html = str(escape(text))
+    html = _INLINE_CODE.sub(r"<code>\1</code>", html)
+    return _BOLD.sub(r"<strong>\1</strong>", html)
+
+
+def prose(text: str | None, *, heading_level: int = 3) -> Markup:
+    """The cards' markdown-ish ``about``: blank-line paragraphs, ``#`` headings, ``-`` lists, `code`, **bold**.
+
+    Everything is escaped first, so card text can never inject markup. A short
+    paragraph of one line with no closing punctuation is read as a heading too,
+    the way the seed pages set "Benchmark Performance" on its own line.
+    """
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", (text or "").strip()) if b.strip()]
+    out: list[str] = []
+    for block in blocks:
+        lines = [line.strip() for line in block.splitlines()]
+        heading = _HEADING.match(lines[0])
+        if heading and len(lines) == 1:
+            out.append(_heading(heading.group(2), heading_level))
+        elif all(line.startswith(("- ", "* ")) for line in lines):
+            items = "".join(f"<li>{_inline(line[2:])}</li>" for line in lines)
+            out.append(f"<ul>{items}</ul>")
+        elif len(lines) == 1 and len(lines[0]) <= 60 and not lines[0].endswith((".", ":", "!", "?", ")")):
+            out.append(_heading(lines[0], heading_level))
+        else:
+            out.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return Markup("\n".join(out))
+
+
+def _heading(text: str, level: int) -> str:
+    return f"<h{level}>{_inline(text)}</h{level}>"

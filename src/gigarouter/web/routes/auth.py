@@ -1,0 +1,141 @@
+"""Sign up, sign in, sign out: email + password, a server-side session, CSRF on every form."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from gigarouter.errors import Conflict, Forbidden, GigarouterError, RateLimited
+from gigarouter.web import security
+from gigarouter.web.catalog import example_model
+from gigarouter.web.context import WebContext, WebDep, check_csrf
+from gigarouter.web.errors import WebError
+from gigarouter.web.limits import SlidingWindow
+from gigarouter.web.templating import render
+from gigarouter.web.users import EmailTaken, WebUser
+
+router = APIRouter(include_in_schema=False)
+
+SIGNIN_ATTEMPTS = 10          # per email and per client address, per window
+SIGNIN_WINDOW_S = 300.0
+
+
+def safe_next(value: str | None, default: str = "/dashboard") -> str:
+    """Only same-site paths: ``/models/x#want`` yes, ``//evil.example`` or ``https://...`` no."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value
+
+
+def redirect(web: WebContext, url: str) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    web.apply_cookies(response)
+    return response
+
+
+def accounts_on(web: WebContext):
+    if web.services.accounts is None:
+        raise WebError(404, "Accounts are off", "This server runs without accounts (open mode): "
+                                                "no sign-up is needed to call its API.")
+    return web.services.accounts
+
+
+async def sign_in_as(web: WebContext, user: WebUser) -> None:
+    """Start a fresh session (a new token, never one the browser brought) and rotate the CSRF cookie."""
+    token = security.new_token()
+    await run_in_threadpool(web.services.store.start_session, user.id, token)
+    if web.session_token:
+        await run_in_threadpool(web.services.store.end_session, web.session_token)
+    web.user, web.session_token = user, token
+    web.set_cookie(security.SESSION_COOKIE, token, max_age=security.SESSION_DAYS * 86400)
+    web.rotate_csrf()
+
+
+@router.get("/signup")
+async def signup_form(request: Request, web: WebDep) -> HTMLResponse:
+    accounts_on(web)
+    if web.user:
+        return redirect(web, "/dashboard")
+    return render(request, "signup.html", {"email": "", "errors": [], "credit": request.app.state.settings.signup_credit_micro})
+
+
+@router.post("/signup")
+async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_length=320)] = "",
+                 password: Annotated[str, Form(max_length=security.MAX_PASSWORD + 1)] = "") -> Response:
+    await check_csrf(request, web)
+    accounts = accounts_on(web)
+    email = security.normalize_email(email)
+    errors = [e for e in (security.email_problem(email), security.password_problem(password)) if e]
+    credit = request.app.state.settings.signup_credit_micro
+    if not errors:
+        try:
+            user, key = await accounts.sign_up(email=email, password=password,
+                                               client=request.client.host if request.client else None)
+        except (EmailTaken, Conflict):
+            errors.append("An account with this email exists already. Sign in instead.")
+        except RateLimited:
+            errors.append("Too many sign-ups from your network just now. Try again in an hour.")
+        except Forbidden as exc:
+            errors.append(exc.message[:1].upper() + exc.message[1:] + ".")
+        except GigarouterError as exc:
+            errors.append(exc.message)
+    if errors:
+        return render(request, "signup.html", {"email": email, "errors": errors, "credit": credit}, status_code=400)
+    await sign_in_as(web, user)
+    account = await accounts.account(user)
+    return render(request, "signup_done.html", {"key": key, "account": account, "credit": credit,
+                                                "base_url": str(request.base_url).rstrip("/"),
+                                                "model": example_model(getattr(request.app.state, "registry", None))})
+
+
+@router.get("/signin")
+async def signin_form(request: Request, web: WebDep, next: str | None = None) -> HTMLResponse:
+    accounts_on(web)
+    if web.user:
+        return redirect(web, safe_next(next))
+    return render(request, "signin.html", {"email": "", "errors": [], "next": safe_next(next)})
+
+
+def _limiter(request: Request) -> SlidingWindow:
+    limiter = getattr(request.app.state, "web_signin_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.web_signin_limiter = SlidingWindow(SIGNIN_ATTEMPTS, SIGNIN_WINDOW_S)
+    return limiter
+
+
+@router.post("/signin")
+async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_length=320)] = "",
+                 password: Annotated[str, Form(max_length=security.MAX_PASSWORD + 1)] = "",
+                 next: Annotated[str, Form(max_length=500)] = "") -> Response:
+    await check_csrf(request, web)
+    accounts = accounts_on(web)
+    email = security.normalize_email(email)
+    target = safe_next(next)
+    client = request.client.host if request.client else "unknown"
+    limiter = _limiter(request)
+    if not (limiter.allow(f"email:{email}") and limiter.allow(f"client:{client}")):
+        errors = ["Too many sign-in attempts. Wait a few minutes and try again."]
+        return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=429)
+    user = await run_in_threadpool(accounts.store.user_by_email, email)
+    ok = await run_in_threadpool(security.verify_password, user.password_hash if user else None, password)
+    if not ok or user is None:
+        errors = ["That email and password do not match an account."]
+        return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=400)
+    if security.needs_rehash(user.password_hash):
+        await run_in_threadpool(accounts.store.set_password_hash, user.id,
+                                await run_in_threadpool(security.hash_password, password))
+    await sign_in_as(web, user)
+    return redirect(web, target)
+
+
+@router.post("/signout")
+async def signout(request: Request, web: WebDep) -> Response:
+    await check_csrf(request, web)
+    if web.session_token and web.services.store is not None:
+        await run_in_threadpool(web.services.store.end_session, web.session_token)
+    web.delete_cookie(security.SESSION_COOKIE)
+    web.rotate_csrf()
+    return redirect(web, "/models?done=signed-out")

@@ -1,0 +1,86 @@
+"""GET /dashboard (balance, keys, usage charts); POST to create and revoke keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from gigarouter.accounts.store import CreatedKey
+from gigarouter.errors import GigarouterError
+from gigarouter.web import charts, formatting
+from gigarouter.web.accounts import USAGE_DAYS, AccountsPort
+from gigarouter.web.catalog import example_model
+from gigarouter.web.context import WebContext, WebDep, check_csrf
+from gigarouter.web.errors import WebError
+from gigarouter.web.routes.auth import accounts_on, redirect
+from gigarouter.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+
+
+def signed_in(web: WebContext, next_url: str) -> AccountsPort | Response:
+    """The accounts port for a signed-in user, or a redirect to the sign-in page."""
+    accounts = accounts_on(web)
+    if web.user is None:
+        return redirect(web, f"/signin?next={next_url}")
+    return accounts
+
+
+@router.get("/dashboard")
+async def dashboard(request: Request, web: WebDep) -> Response:
+    accounts = signed_in(web, "/dashboard")
+    if isinstance(accounts, Response):
+        return accounts
+    return await render_dashboard(request, web, accounts)
+
+
+async def render_dashboard(request: Request, web: WebContext, accounts: AccountsPort, *,
+                           new_key: CreatedKey | None = None, errors: list[str] | None = None,
+                           status_code: int = 200) -> HTMLResponse:
+    user = web.user
+    account = await accounts.account(user)
+    keys = await accounts.keys(user)
+    usage = await accounts.usage(user)
+    day_points = [(formatting.day(d), tokens) for d, _, tokens, _ in usage.days]
+    model_points = [(model, tokens) for model, _, tokens, _ in usage.models]
+    return render(request, "dashboard.html", {
+        "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
+        "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
+        "day_chart": charts.columns(day_points, chart_id="usage-days", unit="tokens",
+                                    title=f"Tokens per day, last {USAGE_DAYS} days",
+                                    desc=f"{usage.total_tokens:,} tokens in {USAGE_DAYS} days; "
+                                         f"busiest day {max(day_points, key=lambda p: p[1])[0] if usage.total_tokens else 'none'}."),
+        "model_chart": charts.bars(model_points, chart_id="usage-models", unit="tokens",
+                                   title=f"Tokens per model, last {USAGE_DAYS} days",
+                                   desc="; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."),
+        "base_url": str(request.base_url).rstrip("/"),
+        "model": example_model(getattr(request.app.state, "registry", None)),
+    }, status_code=status_code)
+
+
+@router.post("/dashboard/keys")
+async def create_key(request: Request, web: WebDep, name: Annotated[str, Form(max_length=100)] = "") -> Response:
+    await check_csrf(request, web)
+    accounts = signed_in(web, "/dashboard")
+    if isinstance(accounts, Response):
+        return accounts
+    try:
+        key = await accounts.create_key(web.user, name.strip() or None)
+    except GigarouterError as exc:
+        return await render_dashboard(request, web, accounts, errors=[exc.message], status_code=exc.status)
+    return await render_dashboard(request, web, accounts, new_key=key)
+
+
+@router.post("/dashboard/keys/{key_id}/revoke")
+async def revoke_key(request: Request, key_id: str, web: WebDep) -> Response:
+    await check_csrf(request, web)
+    accounts = signed_in(web, "/dashboard")
+    if isinstance(accounts, Response):
+        return accounts
+    try:
+        await accounts.revoke_key(web.user, key_id)
+    except GigarouterError:
+        raise WebError(404, "No such key", "That key does not exist or is not yours.") from None
+    return redirect(web, "/dashboard?done=key-revoked#keys")
