@@ -58,6 +58,9 @@ class ModelCard:
     default_query_instruction: str | None = None
     task_instructions: dict[str, str] = field(default_factory=dict)
     extra_specs: dict[str, str] = field(default_factory=dict)  # further rows of the specs table
+    status: str = ""                   # as the model page states it, e.g. "coming soon"
+    status_note: str = ""              # the page's paragraph under the status
+    api_providers: int | None = None   # providers serving it, as the page counted them
 
     @property
     def instructions(self) -> Instructions:
