@@ -90,14 +90,19 @@ def check_token_ids(sequences: Sequence[Sequence[int]], vocab_size: int) -> None
 
 
 def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instructions,
-                 max_tokens: int | None = None) -> Recipe:
-    """The recipe named in a model's config, set up from its checkpoint directory."""
+                 max_tokens: int | None = None, base_name: str | None = None) -> Recipe:
+    """The recipe named in a model's config, set up from its checkpoint (tokenizer) directory.
+
+    ``base_name`` is the base model's name as the reference code sees it
+    (``ResolvedCheckpoint.base_name``); llm2vec's [INST] template depends on it.
+    """
     if name == "sbert":
         from gigarouter.recipes.sbert import SbertRecipe
         return SbertRecipe.from_checkpoint(checkpoint_dir, max_tokens=max_tokens)
     if name == "llm2vec":
         from gigarouter.recipes.llm2vec import Llm2VecRecipe
-        return Llm2VecRecipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens)
+        return Llm2VecRecipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens,
+                                             base_name=base_name)
     if name == "e5":
         from gigarouter.recipes.e5 import E5Recipe
         return E5Recipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens)
