@@ -182,10 +182,14 @@ class RedisLimiter:
         self._warned_at = -math.inf
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> "RedisLimiter":
+    def from_url(cls, url: str, *, max_connections: int = 32, **kwargs) -> "RedisLimiter":
         import redis.asyncio
 
-        return cls(redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0), **kwargs)
+        # A bounded pool that makes callers queue for a connection: under a burst,
+        # an unbounded one runs into "too many connections" and would fall back.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=2.0, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(redis.asyncio.Redis.from_pool(pool), **kwargs)
 
     async def hit(self, bucket: str, limit: Limit, *, requests: int, tokens: int) -> dict[str, str]:
         import redis

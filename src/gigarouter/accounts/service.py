@@ -31,7 +31,7 @@ from gigarouter.accounts.gate import Charge, IdempotencySlot, Principal
 from gigarouter.accounts.limits import InProcessLimiter, Limit, Limiter, RedisLimiter
 from gigarouter.accounts.store import AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow
 from gigarouter.errors import Conflict, Forbidden, InvalidRequest, NotReady
-from gigarouter.settings import ConfigError, Settings
+from gigarouter.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +66,7 @@ class DatabaseGate:
         self._sweeper: asyncio.Task | None = None
         self._waiters: dict[tuple[str, str], asyncio.Event] = {}     # (account, key) -> woken when released
         self._slots: dict[str, IdempotencySlot] = {}                  # reservation id -> its open claim
+        self.startup_recovery: recovery.RecoveryReport | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, limiter: Limiter | None = None, migrate: bool | None = None,
@@ -88,18 +89,12 @@ class DatabaseGate:
         await self._run(self._check_schema)
         self._lock = await self._run(recovery.instance_lock, self.engine)
         self._waiters.clear()
-        report = await self.recover()
+        report = self.startup_recovery = await self.recover()
         self._sweeper = asyncio.create_task(self._sweep(), name="accounts-recovery")
         return report
 
     def _check_schema(self) -> None:
-        url = self.engine.url.render_as_string(hide_password=False)
-        if self._migrate:
-            migrations.upgrade(url)
-        current = migrations.current(url)
-        if current != migrations.head():
-            raise ConfigError(f"the accounts database is at revision {current or 'none'}, this gigarouter needs "
-                              f"{migrations.head()}: run `gigarouter db upgrade`")
+        migrations.ensure_current(self.engine.url.render_as_string(hide_password=False), migrate=self._migrate)
 
     async def recover(self) -> recovery.RecoveryReport:
         return await self._run(self._recover_now)
@@ -128,7 +123,8 @@ class DatabaseGate:
         if self._lock is not None:
             await self._run(self._lock.close)
             self._lock = None
-        self._pool.shutdown(wait=True)
+        # Work already running finishes (it may be a charge); off the loop, which must not block.
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._pool.shutdown, wait=True))
         self.engine.dispose()
 
     def _ready_lock(self) -> recovery.InstanceLock:
@@ -149,8 +145,15 @@ class DatabaseGate:
             raise
 
     def _undo(self, on_orphan: Callable[[Any], None], future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
             self._pool.submit(on_orphan, future.result())
+        except RuntimeError:  # the pool is shut down (closing): undo it here and now
+            try:
+                on_orphan(future.result())
+            except Exception:
+                log.exception("could not undo the work of a cancelled request; recovery will at next start")
 
     # -- the Gate protocol ---------------------------------------------------------------------
     async def authenticate(self, authorization: str | None, *, scope: str) -> Principal:
@@ -280,6 +283,12 @@ class DatabaseGate:
                                        credit_micro=self.signup_credit_micro, key=KeySpec(name="default"))
         assert key is not None
         return account, key
+
+    async def create_account(self, *, email: str | None = None, credit_micro: int = 0,
+                             key: KeySpec | None = KeySpec()) -> tuple[AccountInfo, CreatedKey | None]:
+        """An account opened by the operator (no sign-up limits), with ``credit_micro`` and a first key."""
+        return await self._run(self.store.create_account, email=email, credit_micro=credit_micro, key=key,
+                               note="opening credit")
 
     async def create_key(self, principal: Principal, spec: KeySpec) -> CreatedKey:
         try:

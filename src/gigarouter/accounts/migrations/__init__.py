@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from gigarouter.accounts.db import is_sqlite, make_engine, transaction
+from gigarouter.settings import ConfigError
 
 HERE = Path(__file__).resolve().parent
 #: Advisory lock id (classid, objid) taken while migrating a Postgres database.
@@ -65,3 +66,13 @@ def current(database_url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def ensure_current(database_url: str, *, migrate: bool) -> None:
+    """Upgrade when ``migrate`` (the SQLite default), else insist the database is already at head."""
+    if migrate:
+        upgrade(database_url)
+    found = current(database_url)
+    if found != head():
+        raise ConfigError(f"the accounts database is at revision {found or 'none (empty)'} and this gigarouter "
+                          f"needs {head()}: run `gigarouter db upgrade`")
