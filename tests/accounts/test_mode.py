@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gigarouter.accounts.auth import decide_auth_mode, is_loopback
+from gigarouter.accounts.gate import OpenGate
+from gigarouter.accounts.service import DatabaseGate, build_gate
 from gigarouter.settings import ConfigError, Settings
 
 
@@ -40,3 +44,24 @@ def test_an_open_server_reachable_from_outside_refuses_to_start(auth):
 def test_unknown_auth_mode():
     with pytest.raises(ConfigError, match="auto, required or open"):
         decide_auth_mode(Settings(auth="sometimes"), has_keys=False)
+
+
+def test_build_gate_follows_the_mode(tmp_path):
+    settings = Settings(data_dir=tmp_path, server_secret="test-server-secret-0123456789")
+
+    async def scenario():
+        first = await build_gate(settings)                     # loopback, no keys yet: open
+        assert isinstance(first, OpenGate)
+        with pytest.raises(ConfigError):
+            await build_gate(settings.with_(host="0.0.0.0"))
+        required = await build_gate(settings.with_(auth="required", host="0.0.0.0"))
+        assert isinstance(required, DatabaseGate)
+        await required.create_account()                        # now a key exists
+        await required.close()
+        auto = await build_gate(settings.with_(host="0.0.0.0"))
+        assert isinstance(auto, DatabaseGate)
+        await auto.close()
+        assert isinstance(await build_gate(settings.with_(auth="open", database_url="postgresql://nowhere/x")),
+                          OpenGate)                            # open mode never touches the database
+
+    asyncio.run(scenario())

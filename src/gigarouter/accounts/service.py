@@ -5,6 +5,9 @@
     ...
     await gate.close()
 
+or, for a server, ``gate = await build_gate(settings)``: the DatabaseGate or,
+where the auth mode says open, an OpenGate.
+
 Database work runs on a small thread pool of its own, sized like the
 connection pool, so the event loop never blocks on SQLite or Postgres and no
 thread ever waits for a connection.
@@ -27,7 +30,7 @@ from sqlalchemy import Engine
 
 from gigarouter.accounts import auth, idempotency, keys, ledger, migrations, recovery
 from gigarouter.accounts.db import is_sqlite, make_engine, transaction
-from gigarouter.accounts.gate import Charge, IdempotencySlot, Principal
+from gigarouter.accounts.gate import Charge, Gate, IdempotencySlot, OpenGate, Principal
 from gigarouter.accounts.limits import InProcessLimiter, Limit, Limiter, RedisLimiter
 from gigarouter.accounts.store import AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow
 from gigarouter.errors import Conflict, Forbidden, InvalidRequest, NotReady
@@ -320,6 +323,28 @@ class DatabaseGate:
 
     async def has_keys(self) -> bool:
         return await self._run(self.store.has_keys)
+
+
+async def build_gate(settings: Settings, **kwargs: Any) -> Gate:
+    """The gate a server should use: a started ``DatabaseGate``, or ``OpenGate`` where the auth mode is open.
+
+    The mode is decided once, at start-up (``auth.decide_auth_mode``); keys
+    created later take effect at the next start. ``kwargs`` go to from_settings.
+    """
+    if settings.auth == "open":
+        auth.decide_auth_mode(settings, has_keys=False)   # refuses a non-loopback bind unless allowed
+        return OpenGate()
+    gate = DatabaseGate.from_settings(settings, **kwargs)
+    await gate.start()
+    try:
+        mode = auth.decide_auth_mode(settings, await gate.has_keys())
+    except BaseException:
+        await gate.close()
+        raise
+    if mode == "open":
+        await gate.close()
+        return OpenGate()
+    return gate
 
 
 def _own(principal: Principal) -> str:
