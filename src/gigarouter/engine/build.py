@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gigarouter.engine.loading import load_weights, read_config
-from gigarouter.engine.lora import merge_lora
+from gigarouter.engine.lora import merge_loras
 from gigarouter.engine.models.bert import BertConfig, BertModel
 from gigarouter.engine.models.mistral import MistralConfig, MistralModel
 from gigarouter.engine.sources import ResolvedCheckpoint
@@ -63,8 +63,8 @@ def build_model(resolved: ResolvedCheckpoint, *, recipe_name: str, dtype: torch.
     """Load the base weights onto ``device`` in ``dtype``, fold in the adapters in order, freeze."""
     model = model_for(read_config(resolved.base_dir), recipe_name)
     load_weights(model, resolved.base_dir, dtype=dtype, device=device, checkpoint_key=model.checkpoint_key)
-    for adapter in resolved.adapter_dirs:
-        merge_lora(model, adapter, checkpoint_key=model.checkpoint_key)
+    if resolved.adapter_dirs:
+        merge_loras(model, list(resolved.adapter_dirs), checkpoint_key=model.checkpoint_key)
     model.eval().requires_grad_(False)
     return model, pooling_for(recipe_name, resolved.base_dir)
 

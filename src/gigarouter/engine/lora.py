@@ -109,38 +109,54 @@ def read_lora_pairs(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Te
 def merge_lora(model: nn.Module, adapter_dir: Path, *, dtype: torch.dtype | None = None,
                device: torch.device | str | None = None,
                checkpoint_key: Callable[[str], str | None] | None = None) -> int:
-    """Fold the adapter in ``adapter_dir`` into ``model`` in place; returns the number of weights changed.
+    """Fold the adapter in ``adapter_dir`` into ``model`` in place; returns the number of weights changed."""
+    return merge_loras(model, [adapter_dir], dtype=dtype, device=device, checkpoint_key=checkpoint_key)
 
-    ``device`` is where the float32 product is formed (default: each weight's own
-    device); the result keeps the weight's dtype (``dtype`` only checks it).
+
+def merge_loras(model: nn.Module, adapter_dirs: list[Path], *, dtype: torch.dtype | None = None,
+                device: torch.device | str | None = None,
+                checkpoint_key: Callable[[str], str | None] | None = None) -> int:
+    """Fold several adapters in, in order, rounding each weight once: ``W + d1 + d2`` in float32.
+
+    Folding them one by one into a bf16 weight would round after each adapter.
+    ``device`` is where the float32 sums are formed (default: each weight's own
+    device); weights keep their dtype (``dtype``, when given, only checks it).
+    Returns the number of weights changed.
     """
-    config = LoraConfig.read(adapter_dir)
     key = checkpoint_key or getattr(model, "checkpoint_key")
     params = dict(model.named_parameters())
-    pairs = read_lora_pairs(adapter_dir)
-    changed = 0
-    for module, (a, b) in pairs.items():
-        name = key(f"{module}.weight")
-        if name is None:  # e.g. an LM head: not part of the embedding model
-            continue
-        weight = params.get(name)
-        if weight is None:
-            raise ModelLoadError(f"adapter {adapter_dir} targets {module!r}, which this model does not have")
-        if dtype is not None and weight.dtype != dtype:
-            raise ModelLoadError(f"{module}: weight is {weight.dtype}, expected {dtype}")
-        if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
-            raise ModelLoadError(f"adapter {adapter_dir}: {module} LoRA shapes {tuple(b.shape)} @ {tuple(a.shape)} "
-                                 f"do not fit weight {tuple(weight.shape)}")
-        _fold(weight, a, b, config.scaling(module, a.shape[0]), device=device)
-        changed += 1
-    return changed
+    deltas: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+    for adapter_dir in adapter_dirs:
+        config = LoraConfig.read(adapter_dir)
+        for module, (a, b) in read_lora_pairs(adapter_dir).items():
+            name = key(f"{module}.weight")
+            if name is None:  # e.g. an LM head: not part of the embedding model
+                continue
+            weight = params.get(name)
+            _check_fits(adapter_dir, module, weight, a, b, dtype)
+            deltas.setdefault(name, []).append((a, b, config.scaling(module, a.shape[0])))
+    for name, terms in deltas.items():
+        _fold(params[name], terms, device=device)
+    return len(deltas)
+
+
+def _check_fits(adapter_dir: Path, module: str, weight: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor,
+                dtype: torch.dtype | None) -> None:
+    if weight is None:
+        raise ModelLoadError(f"adapter {adapter_dir} targets {module!r}, which this model does not have")
+    if dtype is not None and weight.dtype != dtype:
+        raise ModelLoadError(f"{module}: weight is {weight.dtype}, expected {dtype}")
+    if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+        raise ModelLoadError(f"adapter {adapter_dir}: {module} LoRA shapes {tuple(b.shape)} @ {tuple(a.shape)} "
+                             f"do not fit weight {tuple(weight.shape)}")
 
 
 @torch.no_grad()
-def _fold(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, *,
+def _fold(weight: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor, float]], *,
           device: torch.device | str | None) -> None:
-    # weight: [out, in]; a: [r, in]; b: [out, r]. Float32 sum, one rounding to the weight's dtype.
+    # weight: [out, in]; each a: [r, in], b: [out, r]. Float32 sum, one rounding to the weight's dtype.
     where = torch.device(device) if device is not None else weight.device
-    delta = (b.to(where) @ a.to(where)) * scaling
-    merged = weight.to(device=where, dtype=torch.float32) + delta
+    merged = weight.to(device=where, dtype=torch.float32)
+    for a, b, scaling in terms:
+        merged += (b.to(where) @ a.to(where)) * scaling
     weight.copy_(merged.to(dtype=weight.dtype))
