@@ -7,6 +7,7 @@ holds a CSRF cookie. ``check_csrf`` guards every state-changing request.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gigarouter.accounts import keys
+from gigarouter.settings import Settings
 from gigarouter.web import security
 from gigarouter.web.accounts import AccountsPort, accounts_port
 from gigarouter.web.errors import WebError
@@ -46,9 +48,17 @@ def services(app: FastAPI) -> WebServices:
     if built is None:
         settings = app.state.settings
         accounts = accounts_port(getattr(app.state, "gate", None), settings)
-        built = WebServices(key=security.web_key(keys.server_secret(settings)), accounts=accounts)
+        built = WebServices(key=security.web_key(_secret(settings, accounts)), accounts=accounts)
         app.state.web_services = built
     return built
+
+
+def _secret(settings: Settings, accounts: AccountsPort | None) -> bytes:
+    """The accounts' server secret when accounts are on (shared by every worker); in open mode the
+    configured secret, else a per-process one (open mode is one loopback process: only try-it posts)."""
+    if accounts is not None or settings.server_secret:
+        return keys.server_secret(settings)
+    return secrets.token_bytes(32)
 
 
 @dataclass

@@ -85,22 +85,21 @@ def _inline(text: str) -> str:
 def prose(text: str | None, *, heading_level: int = 3) -> Markup:
     """The cards' markdown-ish ``about``: blank-line paragraphs, ``#`` headings, ``-`` lists, `code`, **bold**.
 
-    Everything is escaped first, so card text can never inject markup. A short
-    paragraph of one line with no closing punctuation is read as a heading too,
-    the way the seed pages set "Benchmark Performance" on its own line.
+    Everything is escaped first, so card text can never inject markup.
     """
     blocks = [b.strip() for b in re.split(r"\n\s*\n", (text or "").strip()) if b.strip()]
     out: list[str] = []
     for block in blocks:
         lines = [line.strip() for line in block.splitlines()]
         heading = _HEADING.match(lines[0])
-        if heading and len(lines) == 1:
+        if heading:
             out.append(_heading(heading.group(2), heading_level))
-        elif all(line.startswith(("- ", "* ")) for line in lines):
+            lines = lines[1:]
+        if not lines:
+            continue
+        if all(line.startswith(("- ", "* ")) for line in lines):
             items = "".join(f"<li>{_inline(line[2:])}</li>" for line in lines)
             out.append(f"<ul>{items}</ul>")
-        elif len(lines) == 1 and len(lines[0]) <= 60 and not lines[0].endswith((".", ":", "!", "?", ")")):
-            out.append(_heading(lines[0], heading_level))
         else:
             out.append(f"<p>{_inline(' '.join(lines))}</p>")
     return Markup("\n".join(out))

@@ -88,8 +88,9 @@ async def compare_page(request: Request, web: WebDep,
     columns = catalog.benchmark_columns(list(cards.values()))
     scores = {m.slug: catalog.benchmark_scores(m.card, cards.values()) for m in shown}
     columns = [c for c in columns if any(c in s for s in scores.values())]
+    best = {c: max(s[c] for s in scores.values() if c in s) for c in columns}
     return render(request, "compare.html", {
-        "models": shown, "unknown": unknown, "columns": columns, "scores": scores,
+        "models": shown, "unknown": unknown, "columns": columns, "scores": scores, "best": best,
         "all": sorted(cards.values(), key=lambda c: c.display_name.lower()),
         "chosen": {m.slug for m in shown},
     })
