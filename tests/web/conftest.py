@@ -1,0 +1,162 @@
+"""The web tests' server: the real app on the embedded model, with accounts on a temp SQLite database.
+
+One uvicorn server per session, in a background thread on a free loopback
+port, so the browser tests and the HTTP tests share one model load. The
+DatabaseGate is passed to ``create_app(settings, gate=...)`` and started
+before the app's own lifespan (migrations, liveness lock, recovery).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from gigarouter.accounts.limits import Limit
+from gigarouter.accounts.service import DatabaseGate, GateOptions
+from gigarouter.api.app import create_app
+from gigarouter.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    app: FastAPI
+    gate: DatabaseGate
+    settings: Settings
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def started_with(app: FastAPI, gate: DatabaseGate) -> None:
+    """Start the gate (schema, lock, recovery) inside the app's lifespan, before the app's own start-up."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        await gate.start()
+        async with inner(a):
+            yield
+
+    app.router.lifespan_context = lifespan
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    port = free_port()
+    settings = Settings(port=port, data_dir=tmp_path_factory.mktemp("gigarouter-web"),
+                        batch_token_budget=1024, server_secret="web-tests-server-secret")
+    # Every test signs up from 127.0.0.1: lift the per-address sign-up limit for the session.
+    gate = DatabaseGate.from_settings(settings, options=GateOptions(signup_limit=Limit(requests=10_000)))
+    app = create_app(settings, gate=gate)
+    started_with(app, gate)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="web-test-server", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise AssertionError("the web test server did not become ready")
+        time.sleep(0.05)
+    try:
+        yield LiveServer(base_url=base, app=app, gate=gate, settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def client(live: LiveServer) -> Iterator[httpx.Client]:
+    """A cookie-keeping HTTP client, like a browser without JS."""
+    with httpx.Client(base_url=live.base_url, timeout=30, follow_redirects=False) as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+_emails = iter(range(1, 1_000_000))
+
+
+def new_email(tag: str = "user") -> str:
+    return f"{tag}{next(_emails)}-{os.getpid()}@example.com"
+
+
+def sign_up(client: httpx.Client, email: str | None = None, password: str = PASSWORD) -> tuple[str, str]:
+    """Sign up through the HTML form; returns (email, the API key the page showed once)."""
+    email = email or new_email()
+    token = csrf_of(client.get("/signup").text)
+    page = client.post("/signup", data={"email": email, "password": password, "csrf_token": token})
+    assert page.status_code == 200, page.text
+    key = re.search(r'<code id="api-key">(gr-[a-z0-9]+-[A-Za-z0-9]+)</code>', page.text)
+    assert key, "the sign-up page did not show the key"
+    return email, key.group(1)
+
+
+# -- the browser -----------------------------------------------------------------------------------
+
+def _chromium_or_skip() -> str:
+    if shutil.which(CHROMIUM) or Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: CI must `apt-get install -y chromium`")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    executable = _chromium_or_skip()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, live: LiveServer):
+    """A fresh browser context (no cookies) at desktop width."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live.base_url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()

@@ -1,0 +1,204 @@
+"""End to end in headless Chromium: sign up, copy the key, call the API, watch the dashboard; vote; try;
+compare; and reach every control with the keyboard alone. Takes the screenshots in docs/screenshots."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.web.conftest import PASSWORD, SCREENSHOTS, LiveServer, new_email
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+#: What keyboard users must be able to reach: everything focusable that is shown.
+FOCUSABLE = ("a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select, textarea, "
+             "summary, [tabindex]:not([tabindex='-1'])")
+
+
+def sign_up_in_browser(page, email: str) -> str:
+    """Sign up through the form with the keyboard only; returns the key the page showed."""
+    page.goto("/signup")
+    page.keyboard.press("Tab")                      # skip link first
+    assert page.evaluate("document.activeElement.textContent.trim()") == "skip to content"
+    page.get_by_label("Email").focus()
+    page.keyboard.type(email)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Welcome to gigarouter").wait_for()
+    return page.locator("#api-key").inner_text().strip()
+
+
+def shoot(page, name: str) -> None:
+    """Desktop and phone screenshots of the current page into docs/screenshots/.
+
+    At phone width the page must not scroll sideways (wide tables and code scroll in their own boxes).
+    """
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(size)
+        widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert widths[0] <= widths[1], f"{page.url} scrolls sideways at {size['width']} px: {widths}"
+        page.screenshot(path=str(SCREENSHOTS / f"{name}-{label}.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
+def test_sign_up_copy_key_call_api_and_see_usage_and_balance(page, live: LiveServer) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
+    page.goto("/models")
+    page.get_by_role("link", name="sign up · free credit").click()
+    shown = sign_up_in_browser(page, new_email("e2e"))
+    page.get_by_role("button", name="Copy key").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == shown and re.fullmatch(r"gr-[a-z0-9]{10}-[A-Za-z0-9]{40}", copied)
+
+    page.get_by_role("link", name="Go to your dashboard").click()
+    assert page.locator("#balance").inner_text() == "$1.00"
+    assert "No requests yet" in page.content()
+
+    for texts in (["hello world"], ["the quick brown fox", "jumps over the lazy dog"], ["again"]):
+        r = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": texts},
+                       headers={"Authorization": f"Bearer {copied}"}, timeout=30)
+        assert r.status_code == 200, r.text
+
+    page.reload()
+    balance = page.locator("#balance").inner_text()
+    assert balance.startswith("$0.99999") and balance != "$1.00"
+    assert int(page.locator("#total-tokens").inner_text().replace(",", "")) > 0
+    assert page.locator("table.usage-models").get_by_role("rowheader", name="all-minilm-l6-v2").is_visible()
+    assert page.locator("svg#usage-days rect").count() == 30
+    assert page.locator("svg#usage-models rect").count() == 1
+    shoot(page, "dashboard")
+
+
+def test_keys_are_created_and_revoked_in_the_browser(page, live: LiveServer) -> None:
+    sign_up_in_browser(page, new_email("keys"))
+    page.goto("/dashboard")
+    page.get_by_label("New key name").fill("laptop")
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#api-key").inner_text().strip()
+    ok = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": "x"},
+                    headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert ok.status_code == 200
+    page.get_by_role("button", name="Revoke key laptop").click()
+    page.get_by_text("The key is revoked").wait_for()
+    refused = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": "x"},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert refused.status_code == 401
+
+
+def test_vote_and_see_the_count(page, live: LiveServer) -> None:
+    slug = _coming_soon_slug() or "all-minilm-l6-v2"
+    page.goto(f"/models/{slug}")
+    page.get_by_role("link", name="Sign in to vote").click()
+    assert "/signin" in page.url
+    sign_up_in_browser(page, new_email("voter"))
+    page.goto(f"/models/{slug}")
+    before = int(page.locator("#vote-count").inner_text())
+    page.get_by_role("button", name="We want it").click()
+    page.get_by_text("Thanks: your vote is counted.").wait_for()
+    assert int(page.locator("#vote-count").inner_text()) == before + 1
+    assert page.get_by_role("button", name="Withdraw my vote").is_visible()
+    page.goto("/models?sort=wanted")
+    first_row = page.locator("table.catalog tbody tr").first
+    assert slug in first_row.get_by_role("link").first.get_attribute("href")
+    if slug != "all-minilm-l6-v2":       # live models are not "wanted"; coming-soon ones are listed
+        assert page.locator("ol.wanted").get_by_role("link").first.get_attribute("href") == f"/models/{slug}"
+
+
+def test_model_page_try_it_and_compare(page, live: LiveServer) -> None:
+    sign_up_in_browser(page, new_email("tryit"))
+    page.goto("/models/all-minilm-l6-v2")
+    assert page.locator("h1").inner_text() == "all-MiniLM-L6-v2"
+    assert page.locator(".crumbs").inner_text().endswith("embeddings · live")
+    page.get_by_label("First text").fill("A man is eating food.")
+    page.get_by_label("Second text").fill("A man is eating a piece of bread.")
+    page.get_by_label("Embed as").select_option("document-document")
+    page.get_by_role("button", name="Compare the texts").click()
+    result = page.locator("#try-output strong")
+    result.wait_for()
+    assert 0.5 < float(result.inner_text()) <= 1.0
+    assert page.url.endswith("/models/all-minilm-l6-v2")      # in place, by fetch: no navigation
+    page.get_by_label("First text").fill("how much protein should a female eat")
+    page.get_by_label("Second text").fill("As a general guideline, the CDC recommends 46 grams of protein a day.")
+    page.get_by_label("Embed as").select_option("query-document")
+    page.get_by_role("button", name="Compare the texts").click()
+    expect(page.locator("#try-output strong")).to_be_visible()
+    expect(page.get_by_role("button", name="Compare the texts")).to_be_enabled()
+    shoot(page, "model-live")
+
+    seed = "linq-embed-mistral"
+    page.goto(f"/models/{seed}")
+    assert page.locator("h1").inner_text() == "Linq-Embed-Mistral"
+    assert page.locator(".crumbs").inner_text().endswith("embeddings · coming soon")
+    assert "opens when Linq-Embed-Mistral is live" in page.locator("#try").inner_text()
+    shoot(page, "model")
+    page.get_by_role("link", name="compare all →").click()
+    assert page.url.endswith(f"/compare?models={seed},llm2vec-mistral-7b-instruct-v2,e5-mistral-7b-instruct,"
+                             "sfr-embedding-mistral")
+    table = page.locator("table.compare")
+    for name in ("Linq-Embed-Mistral", "LLM2Vec Mistral 7B Instruct v2"):
+        assert table.get_by_role("columnheader", name=name).is_visible()
+    retrieval = table.get_by_role("row", name="Retrieval (15 datasets)")
+    assert retrieval.get_by_role("cell").first.locator("strong").inner_text() == "60.2"   # the best score
+    shoot(page, "compare")
+    page.get_by_label("all-MiniLM-L6-v2").check()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    assert table.get_by_role("columnheader", name="all-MiniLM-L6-v2").is_visible()
+    page.goto("/models")
+    shoot(page, "models")
+
+
+PAGES = {"visitor": ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare", "/signin", "/signup"],
+         "signed-in": ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare", "/dashboard"]}
+
+
+@pytest.mark.parametrize("who", ["visitor", "signed-in"])
+def test_keyboard_alone_reaches_every_control(page, live: LiveServer, who: str) -> None:
+    if who == "signed-in":
+        sign_up_in_browser(page, new_email("keyboard"))
+    for path in PAGES[who]:
+        page.goto(path)
+        expected = page.evaluate(
+            """(selector) => [...document.querySelectorAll(selector)]
+                 .filter(el => el.getClientRects().length && getComputedStyle(el).visibility !== 'hidden'
+                               && !el.closest('details:not([open]) > :not(summary)'))
+                 .map(el => el.outerHTML.slice(0, 120))""", FOCUSABLE)
+        reached: list[str] = []
+        unstyled: list[str] = []
+        for _ in range(len(expected) + 5):
+            page.keyboard.press("Tab")
+            info = page.evaluate(
+                """() => { const el = document.activeElement; const s = getComputedStyle(el);
+                           return [el.outerHTML.slice(0, 120), s.outlineStyle, s.outlineWidth]; }""")
+            if info[0].startswith("<body"):
+                break
+            reached.append(info[0])
+            if info[1] == "none" or info[2] in ("0px", ""):
+                unstyled.append(info[0])
+        missing = [e for e in expected if e not in reached]
+        assert not missing, f"{path}: keyboard cannot reach {missing}"
+        assert not unstyled, f"{path}: no visible focus ring on {unstyled}"
+        assert reached[0].startswith('<a class="skip"'), f"{path}: the first stop is not the skip link"
+
+
+def test_skip_link_moves_focus_to_the_content(page, live: LiveServer) -> None:
+    page.goto("/models/all-minilm-l6-v2")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "content"
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('main') !== null")
+    assert focused, "after the skip link, Tab should continue inside the main content"
+
+
+def _coming_soon_slug() -> str | None:
+    from gigarouter.catalog.cards import load_cards
+
+    others = sorted(slug for slug in load_cards() if slug != "all-minilm-l6-v2")
+    return others[0] if others else None
