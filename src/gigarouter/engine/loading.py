@@ -2,21 +2,21 @@
 
 The model is constructed under ``torch.device("meta")`` (no memory, no random
 init); each tensor is taken from its safetensors file and assigned with
-``load_state_dict(..., assign=True)``, so no second copy of the model ever
-exists. Two ways to take a tensor:
+``load_state_dict(..., assign=True)``, one tensor at a time, so no second copy
+of the model ever exists. Two ways to take a tensor:
 
 - zero-copy: on CPU, when the file already holds the wanted dtype, the tensor
-  is a view of a private (copy-on-write) memory map of the file. Pages come in
-  as the model touches them and count once; a LoRA merge that writes a weight
-  gets its own copy of just those pages.
+  is a view of a private (copy-on-write) memory map of the file. The weights are
+  the page cache itself: nothing is copied, pages come in as the model touches
+  them, processes serving the same file share them, and a LoRA merge that
+  writes a weight gets its own copy of just those pages.
 - read: otherwise (another device or dtype) the bytes are read with plain file
   I/O into a fresh buffer, cast or moved, and the buffer dropped, so host memory
-  holds one tensor at a time beyond the model itself. The ``safetensors``
-  package is not used for this: it copies out of a memory map, which leaves the
-  whole mapped file resident next to the copy (2x the shard at peak).
+  holds at most one tensor beyond the model itself.
 
-Peak host memory while loading a bf16 checkpoint on CPU in bf16 is about 1.0x
-the checkpoint (see docs/models.md and ``gigarouter.bench.load_memory``).
+Peak host memory while loading a bf16 checkpoint in bf16 is about 1.01x the
+checkpoint on either path (``python -m gigarouter.bench.load_memory``; the test
+in tests/engine/test_load_memory.py holds it under 1.25x).
 """
 
 from __future__ import annotations
