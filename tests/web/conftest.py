@@ -156,7 +156,11 @@ def page(browser, live: LiveServer):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live.base_url)
     context.set_default_timeout(15_000)
     page = context.new_page()
+    problems: list[str] = []   # script errors and CSP violations show up on the console
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
     try:
         yield page
     finally:
         context.close()
+    assert not problems, f"the browser console reported errors: {problems}"

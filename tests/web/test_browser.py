@@ -154,8 +154,8 @@ def test_model_page_try_it_and_compare(page, live: LiveServer) -> None:
     shoot(page, "models")
 
 
-PAGES = {"visitor": ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare", "/signin", "/signup"],
-         "signed-in": ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare", "/dashboard"]}
+CATALOG = ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare"]
+PAGES = {"visitor": [*CATALOG, "/signin", "/signup"], "signed-in": [*CATALOG, "/dashboard"]}
 
 
 @pytest.mark.parametrize("who", ["visitor", "signed-in"])

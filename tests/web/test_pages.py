@@ -48,6 +48,9 @@ def test_unknown_model_is_an_html_404_and_aliases_redirect(client: httpx.Client)
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
     alias = client.get("/models/all-MiniLM-L6-v2")
     assert alias.status_code == 308 and alias.headers["location"] == "/models/all-minilm-l6-v2"
+    hub = client.get("/models/sentence-transformers/all-MiniLM-L6-v2")
+    assert hub.status_code == 308 and hub.headers["location"] == "/models/all-minilm-l6-v2"
+    assert client.get("/models/nobody/nothing").status_code == 404
 
 
 def test_compare_page_puts_models_side_by_side(client: httpx.Client) -> None:
@@ -191,13 +194,14 @@ def test_create_and_revoke_keys_from_the_dashboard(client: httpx.Client, live: L
     assert created.status_code == 200
     key = re.search(r'<code id="api-key">(gr-[^<]+)</code>', created.text).group(1)
     body = {"model": "all-minilm-l6-v2", "input": "hi"}
-    assert httpx.post(live.url("/v1/embeddings"), json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    auth = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(live.url("/v1/embeddings"), json=body, headers=auth).status_code == 200
     key_id = re.search(r'action="/dashboard/keys/(key_[0-9a-f]+)/revoke"[^>]*>\s*<input[^>]*>\s*<button[^>]*'
                        r'aria-label="Revoke key ci"', created.text)
     assert key_id, "no revoke form for the new key"
     revoked = client.post(f"/dashboard/keys/{key_id.group(1)}/revoke", data={"csrf_token": token})
     assert revoked.status_code == 303
-    assert httpx.post(live.url("/v1/embeddings"), json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert httpx.post(live.url("/v1/embeddings"), json=body, headers=auth).status_code == 401
     assert "revoked" in client.get("/dashboard").text
 
 

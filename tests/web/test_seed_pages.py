@@ -205,7 +205,8 @@ def test_related_models_and_compare_all_link(client: httpx.Client) -> None:
 
 
 def test_compare_shows_benchmark_scores_side_by_side(client: httpx.Client) -> None:
-    page = client.get("/compare", params={"models": "linq-embed-mistral,e5-mistral-7b-instruct,llm2vec-mistral-7b-instruct-v2"})
+    chosen = "linq-embed-mistral,e5-mistral-7b-instruct,llm2vec-mistral-7b-instruct-v2"
+    page = client.get("/compare", params={"models": chosen})
     text = visible_text(page.text)
     # Linq's own row, and e5-mistral's scores as reported in Linq's table; LLM2Vec reports none.
     assert "Retrieval (15 datasets) 60.2 (best) 56.9 —" in text

@@ -75,7 +75,8 @@ def bars(points: Sequence[tuple[str, float]], *, chart_id: str, title: str, desc
         short = label if len(label) <= 30 else label[:29] + "…"
         parts.append(f'<text x="{label_w - 8}" y="{y + row / 2 + 4:.1f}" text-anchor="end">{escape(short)}</text>')
         parts.append(f'<rect x="{label_w}" y="{y + 5}" width="{w:.1f}" height="{row - 10}" rx="3" '
-                     f'fill="{COLORS[i % len(COLORS)]}"><title>{escape(label)}: {value:,.0f} {escape(unit)}</title></rect>')
+                     f'fill="{COLORS[i % len(COLORS)]}">'
+                     f'<title>{escape(label)}: {value:,.0f} {escape(unit)}</title></rect>')
         parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + row / 2 + 4:.1f}">{_num(value)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -67,7 +67,8 @@ async def read_fields(request: Request) -> dict[str, str]:
     return {"a": a, "b": b, "mode": mode if mode in MODES else MODES[0]}
 
 
-async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: str, b: str, mode: str) -> dict[str, Any]:
+async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: str, b: str,
+                     mode: str) -> dict[str, Any]:
     deployments = catalog.ready_deployments(getattr(request.app.state, "registry", None), card)
     if not deployments:
         raise WebError(409, "Not live", f"{card.display_name} is not live on this server yet.")

@@ -59,7 +59,8 @@ async def signup_form(request: Request, web: WebDep) -> HTMLResponse:
     accounts_on(web)
     if web.user:
         return redirect(web, "/dashboard")
-    return render(request, "signup.html", {"email": "", "errors": [], "credit": request.app.state.settings.signup_credit_micro})
+    credit = request.app.state.settings.signup_credit_micro
+    return render(request, "signup.html", {"email": "", "errors": [], "credit": credit})
 
 
 @router.post("/signup")

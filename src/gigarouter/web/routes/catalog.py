@@ -59,6 +59,13 @@ async def model_page(request: Request, slug: str, web: WebDep) -> HTMLResponse:
     return await render_model(request, web, card)
 
 
+@router.get("/models/{org}/{name}")
+async def hub_name(org: str, name: str) -> RedirectResponse:
+    """``/models/<Hub id>`` -> the model's page."""
+    card = find_model(f"{org}/{name}")
+    return RedirectResponse(f"/models/{card.slug}", status_code=308)
+
+
 async def render_model(request: Request, web: WebContext, card: ModelCard, *, try_result: dict | None = None,
                        status_code: int = 200) -> HTMLResponse:
     cards = load_cards()

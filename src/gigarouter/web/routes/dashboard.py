@@ -49,15 +49,21 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
         "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
         "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
         "day_chart": charts.columns(day_points, chart_id="usage-days", unit="tokens",
-                                    title=f"Tokens per day, last {USAGE_DAYS} days",
-                                    desc=f"{usage.total_tokens:,} tokens in {USAGE_DAYS} days; "
-                                         f"busiest day {max(day_points, key=lambda p: p[1])[0] if usage.total_tokens else 'none'}."),
+                                    title=f"Tokens per day, last {USAGE_DAYS} days", desc=_days_summary(day_points)),
         "model_chart": charts.bars(model_points, chart_id="usage-models", unit="tokens",
                                    title=f"Tokens per model, last {USAGE_DAYS} days",
                                    desc="; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."),
         "base_url": str(request.base_url).rstrip("/"),
         "model": example_model(getattr(request.app.state, "registry", None)),
     }, status_code=status_code)
+
+
+def _days_summary(points: list[tuple[str, int]]) -> str:
+    total = sum(tokens for _, tokens in points)
+    if not total:
+        return f"No tokens in the last {USAGE_DAYS} days."
+    busiest, most = max(points, key=lambda p: p[1])
+    return f"{total:,} tokens in the last {USAGE_DAYS} days; the busiest day was {busiest} with {most:,}."
 
 
 @router.post("/dashboard/keys")
