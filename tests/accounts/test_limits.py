@@ -97,9 +97,10 @@ def test_redis_limits_hold_across_two_processes(redis_url):
     finally:
         for proc in procs:
             proc.kill() if proc.poll() is None else None
+    assert [fallbacks for _, _, fallbacks in counts] == [0, 0]          # every call went through Redis
     # 2 x 1000 attempts at each bucket: exactly the limit gets through, no more.
-    assert sum(requests for requests, _ in counts) == 1500             # the requests-per-period limit
-    assert sum(tokens for _, tokens in counts) == 1500                 # the tokens-per-period limit (7 each)
+    assert sum(requests for requests, _, _ in counts) == 1500          # the requests-per-period limit
+    assert sum(tokens for _, tokens, _ in counts) == 1500              # the tokens-per-period limit (7 each)
 
 
 @pytest.mark.redis
@@ -115,6 +116,7 @@ def test_redis_down_falls_back_to_in_process_limits():
             await limiter.close()
 
     asyncio.run(scenario())
+    assert limiter.fallbacks == 2
 
 
 def test_gate_applies_each_keys_limits(settings):

@@ -180,6 +180,7 @@ class RedisLimiter:
         self._clock_ms = clock_ms                 # tests only; production uses Redis's clock
         self._fallback = fallback or InProcessLimiter()
         self._warned_at = -math.inf
+        self.fallbacks = 0                        # calls limited in-process because Redis failed
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 32, **kwargs) -> "RedisLimiter":
@@ -206,6 +207,7 @@ class RedisLimiter:
         try:
             reply = await self._script(keys=keys, args=args)
         except redis.RedisError as exc:
+            self.fallbacks += 1
             self._warn(exc)
             return await self._fallback.hit(bucket, limit, requests=requests, tokens=tokens)
         levels = [float(x) for x in reply[2:]]

@@ -16,6 +16,7 @@ thread ever waits for a connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -106,8 +107,7 @@ class DatabaseGate:
         report = recovery.recover(self.engine, self._ready_lock())
         stale = recovery.refund_stale(self.engine, owner=self._ready_lock().owner,
                                       older_than_s=self.options.stale_reservation_s)
-        return report if not stale else recovery.RecoveryReport(report.refunded + stale, report.released_claims,
-                                                                  report.purged)
+        return dataclasses.replace(report, refunded=report.refunded + stale)
 
     async def _sweep(self) -> None:
         while True:
@@ -198,22 +198,22 @@ class DatabaseGate:
     async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None) -> None:
         if charge.reservation_id is None:
             return
-        self._closing(charge)
         settled = await self._run(self._close_now, ledger.settle, reservation_id=charge.reservation_id,
                                   status=status, latency_ms=latency_ms, response=response)
+        self._closed(charge)
         if not settled:
             log.warning("reservation %s was already closed (refunded by recovery?); request %s not charged",
                         charge.reservation_id, charge.request_id)
 
     async def refund(self, charge: Charge, *, status: int) -> None:
         if charge.reservation_id is not None:
-            self._closing(charge)
             await self._run(self._close_now, ledger.refund, reservation_id=charge.reservation_id, status=status)
+            self._closed(charge)
 
-    def _closing(self, charge: Charge) -> None:
+    def _closed(self, charge: Charge) -> None:
         slot = self._slots.pop(charge.reservation_id, None)
         if slot is not None:
-            slot.closed = True  # the settle/refund transaction takes care of the claim
+            slot.closed = True  # the settle/refund transaction took care of the claim
 
     def _close_now(self, close: Callable[..., bool], **kwargs: Any) -> bool:
         with transaction(self.engine) as conn:
@@ -239,6 +239,19 @@ class DatabaseGate:
                     waiter.set()
 
     async def _claim(self, account_id: str, key: str, fingerprint: str) -> IdempotencySlot:
+        slot = None
+        try:
+            slot = await self._claim_or_wait(account_id, key, fingerprint)
+            return slot
+        finally:
+            if slot is None or slot.claim_id is None:
+                # Not the holder: drop the wake-up entry, or one whose holder is another process
+                # (and so never sets it) would linger. Co-waiters fall back to polling.
+                waiter = self._waiters.get((account_id, key))
+                if waiter is not None and not waiter.is_set():
+                    del self._waiters[(account_id, key)]
+
+    async def _claim_or_wait(self, account_id: str, key: str, fingerprint: str) -> IdempotencySlot:
         """Claim the key, or wait for whoever holds it and replay their response."""
         deadline = time.monotonic() + self.options.idempotency_wait_s
         poll = 0.02
@@ -249,7 +262,7 @@ class DatabaseGate:
                                   fingerprint=fingerprint, owner=self._ready_lock().owner,
                                   on_orphan=self._abandon_orphan)
             if isinstance(got, str):
-                return IdempotencySlot(claim_id=got)
+                return IdempotencySlot(claim_id=got)   # its exit wakes this process's waiters
             if got is not None and (replay := idempotency.replay_of(got, fingerprint)) is not None:
                 return IdempotencySlot(replay=replay)
             remaining = deadline - time.monotonic()
