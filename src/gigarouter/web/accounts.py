@@ -9,6 +9,7 @@ votes, no dashboard.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -95,8 +96,9 @@ class AccountsPort:
         today = today or datetime.now(UTC).date()
         first = today - timedelta(days=days - 1)
         start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-        per_day = await self.gate.usage(self.owner(user), group_by="day", start=start)
-        per_model = await self.gate.usage(self.owner(user), group_by="model", start=start)
+        per_day, per_model = await asyncio.gather(
+            self.gate.usage(self.owner(user), group_by="day", start=start),
+            self.gate.usage(self.owner(user), group_by="model", start=start))
         by_day: dict[str, Any] = {row.group: row for row in per_day if row.group}
         day_rows = []
         for offset in range(days):
