@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model of the same family (smoke test)")
     parser.add_argument("--tokens", type=int, default=32768, help="token budget for the throughput pass")
+    parser.add_argument("--max-len", type=int, default=max(LENGTHS), help="longest test sequence")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -144,11 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         size = write_checkpoint(args.dir, config, device=device)
         print(f"wrote {size / 1e9:.2f} GB random bf16 checkpoint in {time.perf_counter() - start:.0f} s")
-    seqs = sequences(config["vocab_size"])
+    seqs = sequences(config["vocab_size"], [n for n in LENGTHS if n <= args.max_len])
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
               "config": config, "runs": [fidelity(args.dir, recipe=r, device=device, seqs=seqs)
                                          for r in ("e5", "llm2vec")],
-              "throughput": throughput(args.dir, device=device, tokens=args.tokens if not args.tiny else 2048)}
+              "throughput": throughput(args.dir, device=device, tokens=args.tokens)}
     for run in report["runs"]:
         print(f"{run['recipe']:8s} bf16 vs fp32 cosine min {min(run['bf16_vs_fp32_cosine']):.6f}  "
               f"batch vs single min {min(run['batch_vs_one_by_one_cosine']):.6f}  "
