@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from gigarouter.accounts import recovery
-from gigarouter.accounts.db import is_sqlite
+from gigarouter.accounts.db import is_sqlite, normalize_url
 from gigarouter.accounts.service import GateOptions
-from tests.accounts.conftest import SECRET
+from tests.accounts.conftest import POSTGRES_URL, SECRET
 from tests.accounts.helpers import WORKERS, check_invariants, funded, started, worker_env
 
 
@@ -139,3 +139,25 @@ def test_instance_locks_tell_the_living_from_the_dead(tmp_path, kind):
     alive.close()                                # a clean exit releases it too
     assert other.probe(alive.owner)
     other.close()
+
+
+@pytest.mark.postgres
+def test_postgres_lock_survives_a_lost_session(postgres_admin):
+    engine = sa.create_engine(normalize_url(POSTGRES_URL))
+    lock = recovery.PostgresLock(engine)
+    held = sa.text("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "
+                   "AND classid::bigint = :c AND objid::bigint = :o")
+    args = {"c": recovery.LOCK_CLASS, "o": lock.owner}
+    try:
+        with postgres_admin.connect() as conn:
+            (pid,) = conn.execute(held, args).scalars().all()
+            # Returns once the session has really ended (PostgreSQL 14+), releasing the lock.
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pid}).scalar_one()
+            assert conn.execute(held, args).scalars().all() == []
+        lock.keepalive()                       # notices the lost session and takes the lock again
+        with postgres_admin.connect() as conn:
+            assert len(new := conn.execute(held, args).scalars().all()) == 1 and new != [pid]
+        lock.keepalive()                       # and a healthy session is left alone
+    finally:
+        lock.close()
+        engine.dispose()

@@ -32,7 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import Engine, NullPool, create_engine, select, text
+from sqlalchemy import Engine, NullPool, create_engine, exc, select, text
 
 from gigarouter.accounts import idempotency, ledger
 from gigarouter.accounts.db import is_sqlite, sqlite_path, transaction
@@ -57,6 +57,10 @@ class InstanceLock(Protocol):
         """True when ``owner`` is dead; its lock is then held here until ``release`` is called."""
 
     def release(self, owner: int) -> None: ...
+
+    def keepalive(self) -> None:
+        """Called every sweep: make sure this process still holds its own lock."""
+
     def close(self) -> None: ...
 
 
@@ -89,6 +93,26 @@ class PostgresLock:
         with self._guard:
             self._conn.execute(text("SELECT pg_advisory_unlock(:c, :o)"), {"c": LOCK_CLASS, "o": owner})
             self._conn.commit()
+
+    def keepalive(self) -> None:
+        """Touch the lock's connection (idle sessions get cut) and re-take the lock if the session was lost.
+
+        While the session is gone another gateway may see this one as dead and
+        refund its requests in flight; their settlements then find the
+        reservations closed and charge nothing, so the books still agree.
+        """
+        try:
+            with self._guard:
+                self._conn.execute(text("SELECT 1")).scalar_one()
+                self._conn.commit()
+            return
+        except exc.DBAPIError:
+            log.warning("lost the gateway liveness session; reconnecting")
+        with self._guard:
+            self._conn.close()
+            self._conn = self._engine.connect()
+        if not self._try(self.owner):
+            log.error("gateway owner %s is locked by another session (a recovery in progress)", self.owner)
 
     def close(self) -> None:
         self._conn.close()
@@ -124,6 +148,9 @@ class FileLock:
     def probe(self, owner: int) -> bool:
         return owner != self.owner and self._try(owner)
 
+    def keepalive(self) -> None:
+        return None  # the kernel holds an flock for as long as the process lives
+
     def release(self, owner: int) -> None:
         fd = self._held.pop(owner, None)
         if fd is not None:
@@ -147,6 +174,9 @@ class SoleLock:
     def release(self, owner: int) -> None:
         return None
 
+    def keepalive(self) -> None:
+        return None
+
     def close(self) -> None:
         return None
 
@@ -168,6 +198,7 @@ class RecoveryReport:
 
 
 def recover(engine: Engine, lock: InstanceLock) -> RecoveryReport:
+    lock.keepalive()
     refunded = released = 0
     for owner in _owners_with_open_work(engine):
         if not lock.probe(owner):
