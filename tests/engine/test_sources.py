@@ -150,3 +150,16 @@ def test_local_adapter_chain_with_local_base(tmp_path):
     assert resolved.base_name == BASE                                           # the local base's _name_or_path
     with pytest.raises(ModelLoadError, match="has no adapter_config.json"):
         resolve_checkpoint(llm2vec(weights=str(mntp), adapters=(str(TINY / "linq"),)), offline=True)
+
+
+def test_llm2vec_from_the_hub_reproduces_the_golden_vectors(hub, tmp_path):
+    from gigarouter.recipes.base import build_recipe
+    from tests.engine.test_parity import Served, cosines, golden
+
+    resolved = resolve_checkpoint(llm2vec(), cache_dir=tmp_path, endpoint=hub.url, progress=False)
+    recipe = build_recipe("llm2vec", resolved.tokenizer_dir, card_instructions=None, base_name=resolved.base_name)
+    served = Served(recipe, resolved)
+    for case in golden("llm2vec")["cases"][:4]:
+        prepared = served.prepare(case)
+        assert [p.token_ids for p in prepared] == case["token_ids"]
+        assert cosines(served.embed(prepared), case["vectors"]).min() >= 0.99999
