@@ -52,7 +52,7 @@ def test_sign_up_copy_key_call_api_and_see_usage_and_balance(page, live: LiveSer
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
     page.goto("/models")
     page.get_by_role("link", name="sign up · free credit").click()
-    shown = sign_up_in_browser(page, new_email("e2e"))
+    shown = sign_up_in_browser(page, "ada@example.com")
     page.get_by_role("button", name="Copy key").click()
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == shown and re.fullmatch(r"gr-[a-z0-9]{10}-[A-Za-z0-9]{40}", copied)

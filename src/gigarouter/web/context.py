@@ -79,9 +79,11 @@ class WebContext:
     def accounts_enabled(self) -> bool:
         return self.services.accounts is not None
 
-    def set_cookie(self, name: str, value: str, *, max_age: int | None, same_site: str = "lax") -> None:
+    def set_cookie(self, name: str, value: str, *, max_age: int | None) -> None:
+        # Lax, not Strict: a Strict CSRF cookie is missing on arrival from another site, and replacing it
+        # then would void the forms open in other tabs. The HMAC, not SameSite, is what stops forgery.
         self._cookies.append(dict(key=name, value=value, max_age=max_age, httponly=True, secure=self.secure,
-                                  samesite=same_site, path="/"))
+                                  samesite="lax", path="/"))
 
     def delete_cookie(self, name: str) -> None:
         self._cookies.append(dict(key=name, value="", max_age=0, httponly=True, secure=self.secure,
@@ -90,7 +92,7 @@ class WebContext:
     def rotate_csrf(self) -> None:
         """A fresh CSRF cookie on sign-in and sign-out, so a token seen before cannot be reused after."""
         self.csrf_cookie = security.new_token()
-        self.set_cookie(security.CSRF_COOKIE, self.csrf_cookie, max_age=None, same_site="strict")
+        self.set_cookie(security.CSRF_COOKIE, self.csrf_cookie, max_age=None)
 
     def apply_cookies(self, response: Response) -> None:
         for cookie in self._cookies:
@@ -105,7 +107,7 @@ async def get_web(request: Request) -> WebContext:
     web = WebContext(services=svc, secure=secure, csrf_cookie=security.new_token() if fresh else cookie,
                      flash=FLASH.get(request.query_params.get("done", "")))
     if fresh:
-        web.set_cookie(security.CSRF_COOKIE, web.csrf_cookie, max_age=None, same_site="strict")
+        web.set_cookie(security.CSRF_COOKIE, web.csrf_cookie, max_age=None)
     token = request.cookies.get(security.SESSION_COOKIE)
     if token and svc.store is not None and len(token) <= 100:
         web.user = await run_in_threadpool(svc.store.session_user, token)

@@ -54,7 +54,9 @@ function setupTry() {
       if (!response.ok || result.error) {
         const span = document.createElement("span");
         span.className = "error";
-        span.textContent = result.error || (result.error && result.error.message) || "Something went wrong.";
+        // Try-it answers {error: "text"}; other refusals (an expired form) use the API's {error: {message}}.
+        const error = result.error;
+        span.textContent = (typeof error === "string" ? error : error && error.message) || "Something went wrong.";
         output.append(span);
       } else {
         const strong = document.createElement("strong");
