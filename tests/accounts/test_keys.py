@@ -150,3 +150,17 @@ def test_keys_cannot_escalate_or_touch_other_accounts(settings):
             assert await gate.has_keys()
 
     asyncio.run(scenario())
+
+
+def test_only_usable_keys_count_for_the_auth_mode(settings):
+    async def scenario():
+        async with started(settings) as gate:
+            assert not await gate.has_keys()
+            account, _ = await gate.create_account(key=KeySpec(expires_at=utcnow() - timedelta(seconds=1)))
+            assert not await gate.has_keys()                      # expired
+            created = await gate._run(gate.store.create_key, account.id, KeySpec())
+            assert await gate.has_keys()
+            await gate._run(gate.store.revoke_key, created.info.id)
+            assert not await gate.has_keys()                      # revoked
+
+    asyncio.run(scenario())

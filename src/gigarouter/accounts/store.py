@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, case, exc, func, insert, select, update
+from sqlalchemy import Engine, case, exc, exists, func, insert, or_, select, update
 
 from gigarouter.accounts import keys, ledger
 from gigarouter.accounts.db import transaction
@@ -161,10 +161,10 @@ class AccountStore:
 
     def has_keys(self) -> bool:
         """Whether any key could still authenticate (decides the auth mode)."""
-        now = utcnow()
+        usable = select(ApiKey.id).where(ApiKey.revoked_at.is_(None),
+                                         or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > utcnow()))
         with transaction(self.engine, write=False) as conn:
-            rows = conn.execute(select(ApiKey.expires_at).where(ApiKey.revoked_at.is_(None))).scalars()
-            return any(expires is None or expires > now for expires in rows)
+            return conn.execute(select(exists(usable))).scalar_one()
 
     # -- usage ---------------------------------------------------------------------------------
     def usage(self, account_id: str, *, group_by: str = "day", start: datetime | None = None,
