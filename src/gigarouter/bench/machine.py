@@ -1,0 +1,121 @@
+"""What a number was measured on, and how fast that device multiplies matrices.
+
+Every result file carries ``machine_info()`` (CPU model, cores, load average,
+library versions, git commit, date) beside its numbers, and engine results are
+judged against ``matmul_rate()`` measured in the same run, so a figure from a
+busy or different machine explains itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=cwd or Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info(*, device: str = "cpu") -> dict:
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "gigarouter_commit": git_commit(),
+    }
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def matmul_rate(*, device: str = "cpu", dtype: str = "auto", size: int | None = None,
+                repeats: int = 5) -> dict:
+    """Dense matmul FLOP/s on ``device`` (fp32 on CPU, bf16 on GPU unless ``dtype`` says otherwise).
+
+    Returns the best and the median of ``repeats`` timed products; the best is
+    taken as the device's arithmetic limit (noise only ever slows a run down).
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    tdtype = getattr(torch, dtype)
+    n = size or (8192 if dev.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=dev, dtype=tdtype)
+    b = torch.randn(n, n, device=dev, dtype=tdtype)
+    times = []
+    with torch.inference_mode():
+        torch.matmul(a, b)  # warm-up: kernel selection, thread pool start
+        _sync(dev)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    flops = 2.0 * n ** 3
+    times.sort()
+    return {"device": str(dev), "dtype": dtype, "size": n, "threads": torch.get_num_threads(),
+            "best_flops": flops / times[0], "median_flops": flops / times[len(times) // 2]}
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process (all its threads) has used, from /proc; None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

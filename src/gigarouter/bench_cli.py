@@ -1,0 +1,192 @@
+"""``gigarouter bench ...``: engine throughput, HTTP load, query latency and the full comparison.
+
+Each command prints a markdown table and can write its JSON (and PNG plots)
+under docs/benchmarks/; docs/benchmarks.md explains every column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Benchmarks: engine throughput, HTTP load, query latency, comparison with peers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+console = Console(stderr=True)
+
+OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the JSON result here.")]
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _command() -> str:
+    """The command line as typed, for the record in every result file."""
+    args = sys.argv[1:]
+    if args[:1] == ["bench"]:
+        args = args[1:]
+    return "gigarouter bench " + " ".join(shlex.quote(a) for a in args)
+
+
+def _log(message: str) -> None:
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def engine(
+    model_shape: Annotated[str, typer.Option(help="minilm (the real default model), mistral-7b, mistral-tiny, "
+                                                  "bert-tiny (random weights).")] = "minilm",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
+    lengths: Annotated[Optional[str], typer.Option(help="Fixed lengths, e.g. 16,128,256 (default per shape).")] = None,
+    budgets: Annotated[Optional[str], typer.Option(help="Token budgets to sweep, e.g. 1024,4096,8192.")] = None,
+    corpus_size: Annotated[int, typer.Option(help="Texts in the mixed corpus.")] = 256,
+    min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 2.0,
+    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's).")] = None,
+    hf_compare: Annotated[Optional[bool], typer.Option("--hf-compare/--no-hf-compare",
+                                                       help="Also run transformers' MistralModel (mistral shapes).")] = None,
+    out: OutOption = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+) -> None:
+    """Offline engine throughput: mixed corpus, fixed lengths, token-budget sweep, % of matmul peak."""
+    from gigarouter.bench import report
+    from gigarouter.bench.engine import run_engine_bench
+
+    result = run_engine_bench(model_shape, device=device, dtype=dtype, corpus_size=corpus_size,
+                              lengths=_ints(lengths), budgets=_ints(budgets), min_seconds=min_seconds,
+                              threads=threads, hf_compare=hf_compare, log=_log)
+    result["command"] = _command()
+    print(report.engine_markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+    if plot:
+        report.plot_engine(result, plot)
+
+
+@app.command()
+def http(
+    url: Annotated[str, typer.Option(help="Server base URL (loopback).")] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name to send.")] = "all-minilm-l6-v2",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
+    inputs_per_request: Annotated[int, typer.Option(help="Inputs per request (1 = interactive, 32 = bulk).")] = 1,
+    duration: Annotated[float, typer.Option(help="Seconds per concurrency level (at most 60).")] = 10.0,
+    max_requests: Annotated[Optional[int], typer.Option(help="Stop after this many requests per level.")] = None,
+    path: Annotated[str, typer.Option(help="/v1/embeddings, /embeddings, or auto.")] = "auto",
+    encoding_format: Annotated[str, typer.Option(help="float or base64.")] = "float",
+    corpus_size: Annotated[int, typer.Option(help="Texts in the mixed corpus (cycled).")] = 2048,
+    tokenizer_dir: Annotated[Optional[Path], typer.Option(help="Model dir whose tokenizer counts tokens "
+                                                               "(default: the embedded default model).")] = None,
+    out: OutOption = None,
+) -> None:
+    """Closed-loop HTTP load against any OpenAI-compatible embeddings server (gigarouter, infinity-emb, ...)."""
+    from gigarouter.bench import report
+    from gigarouter.bench.corpus import mixed_corpus
+    from gigarouter.bench.loadgen import Target, build_requests, run_load
+    from gigarouter.bench.machine import machine_info
+
+    if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        raise typer.BadParameter("the load generator drives loopback servers only", param_hint="--url")
+    duration = min(duration, 60.0)
+    counter = _counter(tokenizer_dir)
+    corpus = mixed_corpus(corpus_size)
+    requests = build_requests(corpus.texts, counter.counts(corpus.texts), inputs_per_request=inputs_per_request)
+    target = Target(url.rstrip("/"), model, path, encoding_format)
+    rows = []
+    for c in _ints(concurrency) or [1]:
+        res = asyncio.run(run_load(target, requests, concurrency=c, duration=duration, max_requests=max_requests))
+        rows.append(res.to_dict())
+        r = rows[-1]
+        _log(f"c={c}: {r['inputs_per_s']:.1f} inputs/s, {r['tokens_per_s']:.0f} tokens/s, "
+             f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, errors {r['errors']}")
+    print(report.table(["concurrency", "inputs/request", "inputs/s", "tokens/s", "usage tokens/s", "p50 ms",
+                        "p99 ms", "requests", "errors"],
+                       [(r["concurrency"], r["inputs_per_request"], r["inputs_per_s"], r["tokens_per_s"],
+                         r["usage_tokens_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["requests"],
+                         report._errors(r["errors"])) for r in rows]))
+    result = {"kind": "http", "command": _command(), "machine": machine_info(), "url": url, "model": model,
+              "corpus": corpus.name, "runs": rows}
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+
+
+@app.command("query-latency")
+def query_latency(
+    url: Annotated[str, typer.Option(help="Server base URL (loopback).")] = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option("--model", "-m")] = "all-minilm-l6-v2",
+    bulk_concurrency: Annotated[int, typer.Option(help="Concurrent bulk requests (32 passages each).")] = 4,
+    idle_seconds: Annotated[float, typer.Option()] = 6.0,
+    loaded_seconds: Annotated[float, typer.Option()] = 10.0,
+    path: Annotated[str, typer.Option(help="/v1/embeddings, /embeddings, or auto.")] = "auto",
+    out: OutOption = None,
+) -> None:
+    """p50/p99 of a single 16-token query, idle vs while a bulk load saturates the server."""
+    from gigarouter.bench import report
+    from gigarouter.bench.corpus import mixed_corpus, texts_with_tokens
+    from gigarouter.bench.latency import query_latency_under_load
+    from gigarouter.bench.loadgen import Target, build_requests
+    from gigarouter.bench.machine import machine_info
+
+    counter = _counter(None)
+    queries = texts_with_tokens(16, 32, counter.count)
+    passages = list(mixed_corpus(2048).of_kind("passage"))
+    result = asyncio.run(query_latency_under_load(
+        Target(url.rstrip("/"), model, path),
+        queries=build_requests(queries, counter.counts(queries), inputs_per_request=1),
+        bulk=build_requests(passages, counter.counts(passages), inputs_per_request=32),
+        bulk_concurrency=bulk_concurrency, idle_seconds=idle_seconds, loaded_seconds=loaded_seconds))
+    result.update(kind="query-latency", command=_command(), machine=machine_info(), url=url)
+    print(report.table(["phase", "n", "p50 ms", "p90 ms", "p99 ms"],
+                       [(p, result[p]["n"], result[p]["p50_ms"], result[p]["p90_ms"], result[p]["p99_ms"])
+                        for p in ("idle", "loaded")]))
+    if out:
+        report.write_json(out, result)
+
+
+@app.command()
+def compare(
+    out_dir: Annotated[Path, typer.Option(help="Where JSON and PNG files go.")] = Path("docs/benchmarks"),
+    infinity_bin: Annotated[Optional[Path], typer.Option(help="infinity_emb executable (its own venv); "
+                                                              "default: on PATH or /tmp/infinity-venv.")] = None,
+    no_infinity: Annotated[bool, typer.Option("--no-infinity", help="Skip infinity-emb.")] = False,
+    duration: Annotated[float, typer.Option(help="Seconds per load run (at most 20).")] = 10.0,
+    rounds: Annotated[int, typer.Option(help="Rounds of the whole matrix (order alternates).")] = 2,
+    offline_size: Annotated[int, typer.Option(help="Texts in the offline comparison.")] = 256,
+    thread_variant: Annotated[Optional[int], typer.Option(help="Also serve gigarouter with N torch threads.")] = None,
+    stem: Annotated[str, typer.Option(help="File name stem for outputs.")] = "compare",
+) -> None:
+    """gigarouter vs infinity-emb (served) vs sentence-transformers (offline), one run, interleaved."""
+    from gigarouter.bench import report, servers
+    from gigarouter.bench.compare import CompareOptions, run_compare
+
+    inf = None if no_infinity else (infinity_bin or servers.default_infinity_bin())
+    if not no_infinity and inf is None:
+        raise typer.BadParameter("infinity_emb not found; pass --infinity-bin or --no-infinity "
+                                 "(docs/benchmarks.md shows how to install it)", param_hint="--infinity-bin")
+    opts = CompareOptions(out_dir=out_dir, infinity_bin=inf, duration=min(duration, 20.0), rounds=rounds,
+                          offline_size=offline_size, extra_thread_variant=thread_variant, stem=stem)
+    result = run_compare(opts, command=_command(), log=_log)
+    report.write_json(out_dir / f"{stem}.json", result)
+    plots = report.plot_compare(result, out_dir, stem)
+    print(report.compare_markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    _log(f"wrote {out_dir / (stem + '.json')} and {', '.join(str(p) for p in plots)}")
+
+
+def _counter(tokenizer_dir: Path | None):
+    from gigarouter.bench.corpus import TokenCounter
+    from gigarouter.engine.factory import embedded_model_dir
+
+    return TokenCounter.for_model_dir(tokenizer_dir or embedded_model_dir())
