@@ -109,6 +109,8 @@ def test_unknown_repo_and_revision_are_clear_errors(hub, tmp_path):
         fetcher.fetch("acme/nothing")
     with pytest.raises(ModelLoadError, match="has no revision 'v9'"):
         fetcher.fetch(BASE, "v9")
+    with pytest.raises(ModelLoadError, match="not a valid Hub id"):
+        fetcher.fetch("acme/bad name!")
 
 
 def test_downloads_skip_pickles_and_consolidated_weights(hub, tmp_path):

@@ -93,8 +93,8 @@ class Fetcher:
 
     def _download(self, repo_id: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
 
         try:
             return Path(snapshot_download(
@@ -108,6 +108,8 @@ class Fetcher:
             raise ModelLoadError(f"model {repo_id} was not found on the Hub (private? set HF_TOKEN)") from None
         except RevisionNotFoundError:
             raise ModelLoadError(f"model {repo_id} has no revision {revision!r} on the Hub") from None
+        except HFValidationError as exc:
+            raise ModelLoadError(f"weights {repo_id!r} is not a valid Hub id: {exc}") from None
 
     def is_cached(self, ref: str, revision: str | None = None) -> bool:
         """True when ``ref`` is a directory, a package, or complete in the Hub cache (no network)."""

@@ -70,7 +70,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionL
     """q: [T, Hq, D], k/v: [T, Hkv, D] (grouped-query when Hkv < Hq) -> [T, Hq, D]."""
     gqa = k.shape[1] != q.shape[1]
     if _varlen_ok(q):
-        return _attend_varlen(q, k, v, layout, gqa=gqa)
+        try:
+            return _attend_varlen(q, k, v, layout, gqa=gqa)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError):
+            _disable_varlen()   # a GPU or build without the kernel: the grid path below always works
     if layout.num_sequences == 1 and layout.mask is None:
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
@@ -94,6 +99,11 @@ def _attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: At
     right = 0 if layout.causal else -1
     return _varlen_attn(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_len, layout.max_len,
                         window_size=(left, right), enable_gqa=gqa)
+
+
+def _disable_varlen() -> None:
+    global _varlen_attn
+    _varlen_attn = None
 
 
 try:  # PyTorch >= 2.10 ships a varlen flash-attention op; older builds use the grid path.
