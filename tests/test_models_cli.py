@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
+from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.models_cli import app
 from gigarouter.recipes.llm2vec import Llm2VecRecipe
-from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.settings import ModelConfig
 from tests.engine.fake_hub import FakeHub
 from tests.engine.test_parity import Served, cosines, golden

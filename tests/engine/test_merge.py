@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gigarouter.engine.build import build_model
-from gigarouter.engine.merge import merge_checkpoint, write_safetensors
 from gigarouter.engine.loading import SafetensorsFile
+from gigarouter.engine.merge import merge_checkpoint, write_safetensors
 from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.errors import ModelLoadError
 from gigarouter.recipes.llm2vec import Llm2VecRecipe
