@@ -69,15 +69,19 @@ def _reset_peak() -> int:
     """Start the peak-RSS count here; returns the baseline it counts from.
 
     ``ru_maxrss`` survives fork (a child starts at its parent's peak), so it is
-    only a fallback; Linux's VmHWM belongs to this process image, and writing 5 to
-    clear_refs resets it to the current RSS.
+    only a last resort; Linux's VmHWM belongs to this process image, and writing
+    5 to clear_refs resets it to the current RSS. Where that is not allowed, the
+    baseline is the current RSS, which can only overstate what loading added.
     """
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return _status_bytes("VmRSS")
     except OSError:
-        return _peak_bytes()
+        pass
+    try:
+        return _status_bytes("VmRSS")
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _peak_bytes() -> int:
