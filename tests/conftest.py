@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,19 +76,25 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def real_client() -> Iterator[TestClient]:
-    """The real app on the real embedded model (loaded once for the session)."""
-    with TestClient(create_app(Settings())) as client:
+def data_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A private data directory (SQLite file, server secret) so tests never touch the user's."""
+    return tmp_path_factory.mktemp("gigarouter-data")
+
+
+@pytest.fixture(scope="session")
+def real_client(data_dir) -> Iterator[TestClient]:
+    """The real app on the real embedded model (loaded once for the session), open mode."""
+    with TestClient(create_app(Settings(data_dir=data_dir))) as client:
         wait_ready(client)
         yield client
 
 
 @pytest.fixture
-def fake_client_factory() -> Iterator[Callable[..., TestClient]]:
+def fake_client_factory(tmp_path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(engine: FakeEngine | None = None, **settings_changes) -> TestClient:
-        settings = Settings(**settings_changes)
+        settings = Settings(**{"data_dir": tmp_path, **settings_changes})
         client = TestClient(create_app(settings, loader=fake_loader(engine or FakeEngine())))
         client.__enter__()
         clients.append(client)
@@ -110,8 +117,10 @@ def live_server(settings: Settings | None = None, **create_kwargs) -> Iterator[s
     """A real uvicorn server in a thread; yields its base URL once /ready answers 200."""
     import httpx
 
+    import tempfile
+
     port = free_port()
-    settings = (settings or Settings()).with_(port=port)
+    settings = (settings or Settings(data_dir=Path(tempfile.mkdtemp(prefix="gigarouter-")))).with_(port=port)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, **create_kwargs), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

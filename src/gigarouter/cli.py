@@ -25,6 +25,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     config: ConfigOption = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where the SQLite database and server secret live.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Start the HTTP service (the embedded default model when no --config is given)."""
@@ -32,7 +33,7 @@ def serve(
 
     from gigarouter.api.app import create_app
 
-    settings = _settings(config, host=host, port=port)
+    settings = _settings(config, host=host, port=port, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = ", ".join(m.name for m in settings.models)
     console.print(f"[bold]gigarouter[/] serving [cyan]{names}[/] on http://{settings.host}:{settings.port}")
@@ -83,12 +84,16 @@ def _settings(config: Path | None, **overrides):
 
 def _mount_subcommands() -> None:
     """Sub-apps that live beside the code they manage."""
-    try:
-        from gigarouter.models_cli import app as models_app
-    except ImportError:
-        models_app = None
-    if models_app is not None:
-        app.add_typer(models_app, name="models", help="List, download and merge models.")
+    from gigarouter.accounts.cli import accounts_app, credits_app, db_app, keys_app
+    from gigarouter.bench_cli import app as bench_app
+    from gigarouter.models_cli import app as models_app
+
+    app.add_typer(models_app, name="models", help="List, download and merge models.")
+    app.add_typer(accounts_app, name="accounts", help="Create and list accounts.")
+    app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
+    app.add_typer(credits_app, name="credits", help="Grant credit to accounts.")
+    app.add_typer(db_app, name="db", help="Database migrations.")
+    app.add_typer(bench_app, name="bench", help="Benchmarks: engine, HTTP load, comparisons with peers.")
 
 
 _mount_subcommands()

@@ -110,10 +110,15 @@ class Settings:
     signup_enabled: bool = True
 
     @property
+    def default_sqlite_path(self) -> Path:
+        """The database file used when no database_url is configured."""
+        return self.data_dir / "gigarouter.db"
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'gigarouter.db'}"
+        return f"sqlite:///{self.default_sqlite_path}"
 
     def with_(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -22,7 +22,7 @@ def test_models_list_has_catalog_fields(real_client):
     assert real_client.get("/v1/models/nope").status_code == 404
 
 
-def test_ready_is_503_until_loaded_and_health_is_200_throughout():
+def test_ready_is_503_until_loaded_and_health_is_200_throughout(tmp_path):
     release = threading.Event()
     load = fake_loader(FakeEngine())
 
@@ -30,7 +30,7 @@ def test_ready_is_503_until_loaded_and_health_is_200_throughout():
         release.wait(timeout=30)
         return load(config, settings)
 
-    with TestClient(create_app(Settings(), loader=slow_loader)) as client:
+    with TestClient(create_app(Settings(data_dir=tmp_path), loader=slow_loader)) as client:
         assert client.get("/health").status_code == 200
         r = client.get("/ready")
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
@@ -40,11 +40,11 @@ def test_ready_is_503_until_loaded_and_health_is_200_throughout():
         wait_ready(client)
 
 
-def test_failed_model_keeps_ready_503_with_reason():
+def test_failed_model_keeps_ready_503_with_reason(tmp_path):
     def broken(config, settings):
         raise RuntimeError("weights are corrupt")
 
-    with TestClient(create_app(Settings(), loader=broken)) as client:
+    with TestClient(create_app(Settings(data_dir=tmp_path), loader=broken)) as client:
         deadline = time.monotonic() + 5
         while client.app.state.registry.deployments[0].state == "loading" and time.monotonic() < deadline:
             time.sleep(0.01)

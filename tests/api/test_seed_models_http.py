@@ -25,7 +25,7 @@ def golden(name: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
     models = (
         ModelConfig(name="llm2vec-mistral-7b-instruct-v2", recipe="llm2vec", dtype="float32", device="cpu",
                     weights=str(TINY / "mistral-instruct-v2"),
@@ -33,7 +33,8 @@ def client():
         ModelConfig(name="linq-embed-mistral", recipe="e5", dtype="float32", device="cpu",
                     weights=str(TINY / "linq")),
     )
-    with live_server(Settings(models=models, offline=True, batch_token_budget=8192)) as base:
+    settings = Settings(models=models, offline=True, batch_token_budget=8192, data_dir=tmp_path_factory.mktemp("seed"))
+    with live_server(settings) as base:
         yield OpenAI(base_url=f"{base}/v1", api_key="open", max_retries=0)
 
 

@@ -14,8 +14,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +52,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def started_with(app: FastAPI, gate: DatabaseGate) -> None:
-    """Start the gate (schema, lock, recovery) inside the app's lifespan, before the app's own start-up."""
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
-        await gate.start()
-        async with inner(a):
-            yield
-
-    app.router.lifespan_context = lifespan
-
-
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     port = free_port()
@@ -74,7 +60,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     # Every test signs up from 127.0.0.1: lift the per-address sign-up limit for the session.
     gate = DatabaseGate.from_settings(settings, options=GateOptions(signup_limit=Limit(requests=10_000)))
     app = create_app(settings, gate=gate)
-    started_with(app, gate)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="web-test-server", daemon=True)
     thread.start()

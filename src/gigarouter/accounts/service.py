@@ -344,8 +344,11 @@ async def build_gate(settings: Settings, **kwargs: Any) -> Gate:
     The mode is decided once, at start-up (``auth.decide_auth_mode``); keys
     created later take effect at the next start. ``kwargs`` go to from_settings.
     """
-    if settings.auth == "open":
-        auth.decide_auth_mode(settings, has_keys=False)   # refuses a non-loopback bind unless allowed
+    if settings.auth == "open" or (settings.auth == "auto" and _no_database_yet(settings)):
+        # No database file yet means no keys: stay open without creating one, so a laptop
+        # that never uses accounts never grows a database. decide_auth_mode still refuses
+        # an open server on a non-loopback address unless the operator allowed it.
+        auth.decide_auth_mode(settings, has_keys=False)
         return OpenGate()
     gate = DatabaseGate.from_settings(settings, **kwargs)
     await gate.start()
@@ -358,6 +361,11 @@ async def build_gate(settings: Settings, **kwargs: Any) -> Gate:
         await gate.close()
         return OpenGate()
     return gate
+
+
+def _no_database_yet(settings: Settings) -> bool:
+    """True when the database is the default SQLite file and it does not exist."""
+    return settings.database_url is None and not settings.default_sqlite_path.exists()
 
 
 def _own(principal: Principal) -> str:

@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gigarouter.accounts.gate import Gate, OpenGate
+from gigarouter.accounts.gate import Gate
+from gigarouter.accounts.service import build_gate
 from gigarouter.api.errors import install_error_handlers
 from gigarouter.api.middleware import RequestContextMiddleware
-from gigarouter.api.routes import embeddings, health, models
+from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
 from gigarouter.catalog.registry import ModelLoader, ModelRegistry
 from gigarouter.metrics import Metrics
 from gigarouter.settings import Settings
@@ -22,7 +23,12 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, loader: ModelLoader | None = None,
                gate: Gate | None = None) -> FastAPI:
-    """Build the service. ``loader`` and ``gate`` default to the real model loader and open access."""
+    """Build the service.
+
+    ``loader`` defaults to the real model loader. ``gate`` defaults to what the
+    settings call for (``accounts.service.build_gate``: accounts in the database,
+    or open access on loopback with no keys); a gate passed in is started here.
+    """
     settings = settings or Settings()
     if loader is None:
         from gigarouter.engine.factory import load_model as loader
@@ -30,9 +36,9 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.gate = await _start_gate(settings, gate)
         registry = ModelRegistry(settings, loader, metrics)
         app.state.registry = registry
-        app.state.gate = gate or OpenGate()
         loading = asyncio.create_task(registry.load_all(), name="load-models")
         try:
             yield
@@ -47,9 +53,19 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
-    for module in (embeddings, models, health):
+    for module in (embeddings, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
     from gigarouter import web
 
     web.mount(app)
     return app
+
+
+async def _start_gate(settings: Settings, gate: Gate | None) -> Gate:
+    """The accounts gate: built from settings (auth mode decided at start), or the one given, started."""
+    if gate is None:
+        return await build_gate(settings)
+    start = getattr(gate, "start", None)
+    if start is not None:
+        await start()
+    return gate

@@ -19,7 +19,7 @@ from gigarouter.engine.models.bert import BertConfig, BertModel
 from gigarouter.engine.models.mistral import MistralConfig, MistralModel
 from gigarouter.engine.sources import ResolvedCheckpoint
 from gigarouter.errors import ModelLoadError
-from gigarouter.pooling.pooling import PoolingMode
+from gigarouter.pooling.modes import PoolingMode
 
 #: recipe -> (model types it serves, causal attention?)
 RECIPE_ARCH = {

@@ -6,15 +6,11 @@ marking sequence boundaries. Accumulation is float32 whatever the model dtype.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
+from gigarouter.pooling.modes import PoolingMode
 
-class PoolingMode(str, Enum):
-    MEAN = "mean"
-    LAST = "last"
-    CLS = "cls"
+__all__ = ["PoolingMode", "pool"]
 
 
 def pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pool_starts: torch.Tensor,

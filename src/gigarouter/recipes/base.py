@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 from tokenizers import Tokenizer
 
 from gigarouter.errors import InputTooLong, InvalidRequest, ModelLoadError
-from gigarouter.pooling.pooling import PoolingMode
+from gigarouter.pooling.modes import PoolingMode
 
 InputType = Literal["query", "document"]
 Truncate = Literal["end", "start", "none"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizers import Encoding, Tokenizer
 
 from gigarouter.errors import InvalidRequest, ModelLoadError
-from gigarouter.pooling.pooling import PoolingMode
+from gigarouter.pooling.modes import PoolingMode
 from gigarouter.recipes.base import (InputType, Instructions, PreparedInput, Truncate, check_token_ids, fit,
                                      load_tokenizer)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from gigarouter.pooling.pooling import PoolingMode
+from gigarouter.pooling.modes import PoolingMode
 from gigarouter.recipes.base import InputType, PreparedInput, Truncate, check_token_ids, fit, load_tokenizer
 
 

@@ -10,7 +10,8 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.accounts.gate import Gate
+from gigarouter.accounts.gate import Charge, Gate
+from gigarouter.accounts.idempotency import fingerprint
 from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RegistryDep, SettingsDep
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
 from gigarouter.catalog.registry import Deployment
@@ -32,35 +33,48 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
                             gate: GateDep, metrics: MetricsDep) -> Response:
     started = time.perf_counter()
     principal = await gate.authenticate(request.headers.get("authorization"), scope="embed")
-    await gate.check_rate(principal, tokens=0)
-    req = parse_embedding_request(body, max_inputs=settings.max_inputs)
-    dep = registry.lookup(req.model)
-    request.state.model = dep.name
-    _check_dimensions(req, dep)
-
-    items = await run_in_threadpool(_prepare, dep, req)
-    tokenized = time.perf_counter()
-    tokens = sum(len(item.token_ids) for item in items)
-    rate_headers = await gate.check_rate(principal, tokens=tokens)
-    charge = await gate.reserve(principal, model=dep.name, tokens=tokens,
-                                price_per_million_usd=dep.price_per_million_usd, request_id=request.state.request_id)
-    try:
-        job = await dep.scheduler.submit(items, interactive=tokens <= settings.interactive_max_tokens)
-        vectors = await _wait(request, dep.scheduler, job)
-    except BaseException as exc:
-        await gate.refund(charge, status=getattr(exc, "status", 500))
-        raise
-    if vectors is None:  # the client left; nothing to send, nothing to charge
-        await gate.refund(charge, status=499)
-        return Response(status_code=499)
-
-    payload = _payload(req, dep, vectors, tokens)
-    content = await run_in_threadpool(_dumps, payload) if vectors.size > _INLINE_FLOATS else _dumps(payload)
-    await gate.settle(charge, status=200, latency_ms=(time.perf_counter() - started) * 1000)
+    key = request.headers.get("idempotency-key")
+    async with gate.idempotency(principal, key, fingerprint(body)) as slot:
+        if slot.replay is not None:  # a retry: the first answer again, not charged again
+            return Response(slot.replay.body, status_code=slot.replay.status, media_type="application/json",
+                            headers={"Idempotent-Replayed": "true"})
+        await gate.check_rate(principal, tokens=0)
+        req = parse_embedding_request(body, max_inputs=settings.max_inputs)
+        dep = registry.lookup(req.model)
+        request.state.model = dep.name
+        _check_dimensions(req, dep)
+        items = await run_in_threadpool(_prepare, dep, req)
+        tokenized = time.perf_counter()
+        tokens = sum(len(item.token_ids) for item in items)
+        rate_headers = await gate.check_rate(principal, tokens=tokens)
+        charge = await gate.reserve(principal, model=dep.name, tokens=tokens, idempotency=slot,
+                                    price_per_million_usd=dep.price_per_million_usd,
+                                    request_id=request.state.request_id)
+        job, vectors = await _compute(request, gate, charge, dep, items, settings.interactive_max_tokens)
+        if vectors is None:  # the client left: nothing to send, nothing charged
+            return Response(status_code=499)
+        payload = _payload(req, dep, vectors, tokens)
+        content = await run_in_threadpool(_dumps, payload) if vectors.size > _INLINE_FLOATS else _dumps(payload)
+        await gate.settle(charge, status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content)
     timings = {"tokenize": tokenized - started, "queue": job.queue_seconds, "inference": job.infer_seconds}
     _observe(metrics, dep.name, tokens, timings)
     headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()}}
     return Response(content, media_type="application/json", headers=headers)
+
+
+async def _compute(request: Request, gate: Gate, charge: Charge, dep: Deployment, items: list[PreparedInput],
+                   interactive_max_tokens: int) -> tuple[Job | None, np.ndarray | None]:
+    """Schedule the work; refund the reservation if it fails or the client leaves."""
+    tokens = charge.tokens
+    try:
+        job = await dep.scheduler.submit(items, interactive=tokens <= interactive_max_tokens)
+        vectors = await _wait(request, dep.scheduler, job)
+    except BaseException as exc:
+        await gate.refund(charge, status=getattr(exc, "status", 500))
+        raise
+    if vectors is None:
+        await gate.refund(charge, status=499)
+    return job, vectors
 
 
 def _check_dimensions(req: EmbeddingRequest, dep: Deployment) -> None:
@@ -112,5 +126,3 @@ def _observe(metrics, model: str, tokens: int, timings: dict[str, float]) -> Non
     for stage, seconds in timings.items():
         metrics.stage_seconds.labels(stage, model).observe(seconds)
 
-
-__all__ = ["router", "Gate"]
