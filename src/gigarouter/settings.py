@@ -42,6 +42,7 @@ class ModelConfig:
     card: str | None = None           # catalog card slug; default: looked up by name/Hub id
     max_tokens: int | None = None     # override the recipe's context limit
     token_budget: int | None = None   # tokens per forward pass; default chosen by device
+    price_per_million_usd: float | None = None  # what this deployment charges; default: the card's price
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -52,6 +53,8 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: dtype must be one of {', '.join(DTYPES)}")
         if not self.weights:
             raise ConfigError(f"model {self.name!r}: weights is required")
+        if self.price_per_million_usd is not None and self.price_per_million_usd < 0:
+            raise ConfigError(f"model {self.name!r}: price_per_million_usd must be >= 0")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":

@@ -47,6 +47,9 @@ class Deployment:
 
     @property
     def price_per_million_usd(self) -> float:
+        """The deployment's own price if configured, else the card's; a model with neither is free."""
+        if self.config.price_per_million_usd is not None:
+            return self.config.price_per_million_usd
         return (self.card.price_per_million_usd or 0.0) if self.card else 0.0
 
 

@@ -40,6 +40,7 @@ def _deployment_entry(dep: Deployment) -> dict:
         "aliases": list(dep.aliases),
         "recipe": dep.config.recipe,
         "status": status,
+        "price_per_million_usd": dep.price_per_million_usd,
         "dimensions": dep.engine.dim if dep.engine else (dep.card.dimensions if dep.card else None),
         "max_tokens": dep.recipe.max_tokens if dep.recipe else (dep.card.max_tokens if dep.card else None),
     })
