@@ -95,8 +95,10 @@ class Settings:
     # most tokens that may wait in a model's queue before new work gets 429.
     batch_token_budget: int | None = None
     max_queued_tokens: int = 1_000_000
-    # Requests with at most this many tokens in all ride the interactive lane.
+    # Requests with at most this many tokens in all ride the interactive lane; while such
+    # requests are about, bulk batches are cut to what the device runs in this many ms.
     interactive_max_tokens: int = 512
+    interactive_latency_ms: float = 50.0
 
     # Storage and downloads.
     data_dir: Path = field(default_factory=default_data_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +132,30 @@ def test_engine_failure_fails_the_jobs_in_that_batch_only():
         await sched.stop()
 
     run(main())
+
+
+def test_bulk_batches_shrink_to_the_latency_target_while_queries_are_about():
+    class Paced(FakeEngine):          # about 2000 tokens/s, so 20 tokens fit in the 10 ms target
+        def embed(self, batch):
+            time.sleep(batch.num_tokens / 2000)
+            return super().embed(batch)
+
+    async def main():
+        engine = Paced()
+        sched = Scheduler(engine, model="m", token_budget=1000, max_queued_tokens=100_000,
+                          latency_target_s=0.01)
+        sched.start()
+        bulk = await sched.submit(items(*([10] * 8)), interactive=False)
+        await bulk.future
+        alone = [b.num_sequences for b in engine.batches]
+        engine.batches.clear()
+        query = await sched.submit(items(4), interactive=True)
+        await query.future
+        bulk = await sched.submit(items(*([10] * 8)), interactive=False)
+        await bulk.future
+        await sched.stop()
+        return alone, [b.num_sequences for b in engine.batches[1:]]
+
+    alone, guarded = run(main())
+    assert alone == [8]                       # no queries about: one full-budget batch
+    assert guarded and max(guarded) <= 2      # after a query: batches of <= 20 tokens

@@ -103,7 +103,8 @@ class ModelRegistry:
             return
         dep.recipe, dep.engine = recipe, engine
         dep.scheduler = Scheduler(engine, model=dep.name, token_budget=engine.token_budget,
-                                  max_queued_tokens=self.settings.max_queued_tokens, metrics=self.metrics)
+                                  max_queued_tokens=self.settings.max_queued_tokens, metrics=self.metrics,
+                                  latency_target_s=self.settings.interactive_latency_ms / 1000)
         dep.scheduler.start()
         dep.state = "ready"
         log.info("model %s ready on %s", dep.name, engine.device_name)

@@ -13,7 +13,9 @@ from torch import nn
 from gigarouter.engine.base import PackedBatch, pack
 from gigarouter.pooling.pooling import PoolingMode, pool
 
-CPU_TOKEN_BUDGET = 8192
+# On CPU, throughput peaks near 1024 tokens per pass (docs/benchmarks.md, budget sweep):
+# larger batches fall out of cache and pad attention more, and only add latency.
+CPU_TOKEN_BUDGET = 1024
 GPU_TOKEN_BUDGET = 32768
 
 

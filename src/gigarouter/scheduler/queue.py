@@ -62,13 +62,19 @@ class _Slot:
 
 class Scheduler:
     def __init__(self, engine: Engine, *, model: str, token_budget: int, max_queued_tokens: int,
-                 metrics: Metrics | None = None, window: int = 512) -> None:
+                 metrics: Metrics | None = None, window: int = 512, latency_target_s: float = 0.05,
+                 interactive_window_s: float = 1.0) -> None:
         self.engine = engine
         self.model = model
         self.token_budget = token_budget
         self.max_queued_tokens = max_queued_tokens
         self.metrics = metrics
         self.window = window
+        # While interactive requests are about, a bulk batch is cut to what the device
+        # finishes in ``latency_target_s``, so a query never waits behind a long batch.
+        self.latency_target_s = latency_target_s
+        self.interactive_window_s = interactive_window_s
+        self._last_interactive_at = float("-inf")
         self._lanes: dict[bool, deque[_Slot]] = {True: deque(), False: deque()}
         self._queued_tokens = 0
         self._wake = asyncio.Event()
@@ -110,6 +116,8 @@ class Scheduler:
                 self.metrics.rejected.labels(self.model).inc()
             raise QueueFull(f"model {self.model!r} is at capacity; retry shortly",
                             retry_after=self._drain_estimate(tokens))
+        if interactive:
+            self._last_interactive_at = time.monotonic()
         lane = self._lanes[interactive]
         lane.extend(_Slot(job, i) for i in range(len(items)))
         self._queued_tokens += tokens
@@ -151,7 +159,8 @@ class Scheduler:
         lane = interactive if use_interactive else bulk
         self._last_lane_interactive = use_interactive
         window = [lane[i] for i in range(min(self.window, len(lane)))]
-        chosen = plan_batch([s.length for s in window], token_budget=self.token_budget, window=self.window)
+        budget = self.token_budget if use_interactive else self._bulk_budget()
+        chosen = plan_batch([s.length for s in window], token_budget=budget, window=self.window)
         picked = set(chosen)
         slots = [window[i] for i in chosen]
         rest = [s for i, s in enumerate(window) if i not in picked]
@@ -161,6 +170,13 @@ class Scheduler:
         self._queued_tokens -= sum(s.length for s in slots)
         self._report_queue()
         return slots
+
+    def _bulk_budget(self) -> int:
+        """The full budget, or, while queries are about, what fits in the latency target."""
+        recent = time.monotonic() - self._last_interactive_at < self.interactive_window_s
+        if not (self._lanes[True] or recent) or not self._tokens_per_second:
+            return self.token_budget
+        return max(1, min(self.token_budget, int(self._tokens_per_second * self.latency_target_s)))
 
     def _drop_cancelled(self) -> None:
         for lane in self._lanes.values():
