@@ -112,11 +112,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(base: str, *, timeout: float = 120, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``base``/ready until it answers 200; fail early if ``alive()`` turns false."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise AssertionError(f"the server at {base} exited before it was ready")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the server at {base} did not become ready in {timeout:.0f} s")
+
+
 @contextmanager
 def live_server(settings: Settings | None = None, **create_kwargs) -> Iterator[str]:
     """A real uvicorn server in a thread; yields its base URL once /ready answers 200."""
-    import httpx
-
     import tempfile
 
     port = free_port()
@@ -126,22 +141,12 @@ def live_server(settings: Settings | None = None, **create_kwargs) -> Iterator[s
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    else:
-        server.should_exit = True
-        raise AssertionError("live server did not become ready")
     try:
+        wait_until_ready(base, alive=thread.is_alive)
         yield base
     finally:
         server.should_exit = True
         thread.join(timeout=30)
 
 
-__all__ = ["FakeEngine", "default_model", "load_model", "live_server", "wait_ready"]
+__all__ = ["FakeEngine", "default_model", "load_model", "live_server", "wait_ready", "wait_until_ready"]

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 from typer.testing import CliRunner
 
 from gigarouter.cli import app
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_ready
 
 runner = CliRunner()
 
@@ -55,16 +54,11 @@ def test_embed_rejects_bad_files_and_models(tmp_path):
 def test_serve_starts_answers_and_stops_gracefully(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gigarouter.cli", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gigarouter.cli", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings",
                        json={"model": "all-minilm-l6-v2", "input": "hello"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384

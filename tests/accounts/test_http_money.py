@@ -26,7 +26,7 @@ from gigarouter.accounts.db import make_engine
 from gigarouter.accounts.store import AccountStore, KeySpec
 from gigarouter.settings import ModelConfig, Settings, default_model
 from tests.accounts.helpers import check_invariants
-from tests.conftest import FakeEngine, fake_loader, free_port, live_server
+from tests.conftest import FakeEngine, fake_loader, free_port, live_server, wait_until_ready
 
 PRICE = 1000.0                      # $ per 1M tokens = 1000 micro-dollars per token
 TEXT = "hello world"                # [CLS] hello world [SEP]: 4 tokens
@@ -133,18 +133,13 @@ def _serve(config: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120) -> str:
+def _wait_ready(port: int, proc: subprocess.Popen) -> str:
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.log.read_text()
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
+    try:
+        wait_until_ready(base, alive=lambda: proc.poll() is None)
+    except AssertionError:
+        raise AssertionError(proc.log.read_text()) from None
+    return base
 
 
 def _config(settings: Settings, path: Path, **extra: str) -> Path:
