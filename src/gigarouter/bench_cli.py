@@ -54,8 +54,8 @@ def engine(
     corpus_size: Annotated[int, typer.Option(help="Texts in the mixed corpus.")] = 256,
     min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 2.0,
     threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's).")] = None,
-    hf_compare: Annotated[Optional[bool], typer.Option("--hf-compare/--no-hf-compare",
-                                                       help="Also run transformers' MistralModel (mistral shapes).")] = None,
+    hf_compare: Annotated[Optional[bool], typer.Option(
+        "--hf-compare/--no-hf-compare", help="Also run transformers' MistralModel (mistral shapes).")] = None,
     out: OutOption = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
 ) -> None:
@@ -164,7 +164,10 @@ def compare(
     duration: Annotated[float, typer.Option(help="Seconds per load run (at most 20).")] = 10.0,
     rounds: Annotated[int, typer.Option(help="Rounds of the whole matrix (order alternates).")] = 2,
     offline_size: Annotated[int, typer.Option(help="Texts in the offline comparison.")] = 256,
+    latency_seconds: Annotated[float, typer.Option(help="Seconds of query-latency probing per phase.")] = 10.0,
     thread_variant: Annotated[Optional[int], typer.Option(help="Also serve gigarouter with N torch threads.")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="Also serve gigarouter as NAME=CONFIG.toml "
+                                                               "(repeatable), e.g. budget2048=cfg.toml.")] = None,
     stem: Annotated[str, typer.Option(help="File name stem for outputs.")] = "compare",
 ) -> None:
     """gigarouter vs infinity-emb (served) vs sentence-transformers (offline), one run, interleaved."""
@@ -175,14 +178,59 @@ def compare(
     if not no_infinity and inf is None:
         raise typer.BadParameter("infinity_emb not found; pass --infinity-bin or --no-infinity "
                                  "(docs/benchmarks.md shows how to install it)", param_hint="--infinity-bin")
+    variants = []
+    for v in variant or []:
+        name, sep, path = v.partition("=")
+        if not sep or not Path(path).is_file():
+            raise typer.BadParameter(f"expected NAME=CONFIG.toml with an existing file, got {v!r}",
+                                     param_hint="--variant")
+        variants.append((f"gigarouter-{name}", Path(path)))
     opts = CompareOptions(out_dir=out_dir, infinity_bin=inf, duration=min(duration, 20.0), rounds=rounds,
-                          offline_size=offline_size, extra_thread_variant=thread_variant, stem=stem)
+                          variants=tuple(variants),
+                          offline_size=offline_size, extra_thread_variant=thread_variant, stem=stem,
+                          latency_idle=min(latency_seconds, 20.0), latency_loaded=min(latency_seconds, 20.0))
     result = run_compare(opts, command=_command(), log=_log)
     report.write_json(out_dir / f"{stem}.json", result)
     plots = report.plot_compare(result, out_dir, stem)
     print(report.compare_markdown(result))
     print(f"\nMachine: {report.machine_line(result['machine'])}")
     _log(f"wrote {out_dir / (stem + '.json')} and {', '.join(str(p) for p in plots)}")
+
+
+@app.command()
+def profile(
+    py_spy: Annotated[Optional[Path], typer.Option(help="py-spy executable (default: on PATH).")] = None,
+    seconds: Annotated[float, typer.Option(help="Seconds py-spy records per load (at most 20).")] = 10.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON summary.")] = Path("docs/benchmarks/profile.json"),
+    port: Annotated[int, typer.Option(help="Port for the gigarouter server it starts.")] = 18300,
+) -> None:
+    """Start gigarouter, load it (c=1, 8, 32 single inputs; bulk), and fold py-spy samples into pipeline stages."""
+    from gigarouter.bench import report, servers
+    from gigarouter.bench.corpus import mixed_corpus
+    from gigarouter.bench.loadgen import build_requests
+    from gigarouter.bench.machine import machine_info
+    from gigarouter.bench.profile import profile_under_load
+
+    counter = _counter(None)
+    corpus = mixed_corpus(2048)
+    counts = counter.counts(corpus.texts)
+    raw_dir = out.parent / "pyspy"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with servers.running(servers.gigarouter_spec(port), log_dir=servers.default_log_dir()) as server:
+        for concurrency, per_request in ((1, 1), (8, 1), (32, 1), (4, 32)):
+            requests = build_requests(corpus.texts, counts, inputs_per_request=per_request)
+            row = asyncio.run(profile_under_load(server, requests, concurrency=concurrency,
+                                                 seconds=min(seconds, 20.0), out_dir=raw_dir,
+                                                 label=f"c{concurrency}x{per_request}",
+                                                 py_spy=str(py_spy) if py_spy else None))
+            row["raw"] = f"{raw_dir.name}/{row['raw']}"
+            rows.append(row)
+            _log(f"c={concurrency} x {per_request}: {row['load']['inputs_per_s']:.1f} inputs/s")
+            for kind, b in row["busy"].items():
+                _log(f"   {kind:<42} busy {100 * b['busy_fraction']:5.1f}%: " + ", ".join(
+                    f"{k} {100 * v:.0f}%" for k, v in list(b["shares"].items())[:6]))
+    report.write_json(out, {"kind": "profile", "command": _command(), "machine": machine_info(), "runs": rows})
 
 
 def _counter(tokenizer_dir: Path | None):

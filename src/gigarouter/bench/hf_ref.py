@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gigarouter.bench.engine import fixed_sequences, measure, plan_batches
+from gigarouter.bench.engine import fixed_sequences, measure_interleaved, plan_batches, prepare, result_row
 from gigarouter.bench.shapes import BenchModel
 
 
@@ -65,25 +65,30 @@ class _PaddedRunner:
 
 def compare_with_transformers(bm: BenchModel, mixed: Sequence[Sequence[int]], *, lengths: Sequence[int],
                               token_budget: int, min_seconds: float, seed: int = 0, log=print) -> dict:
-    """Throughput of ours vs transformers on the mixed corpus and fixed lengths, interleaved."""
+    """Throughput of ours vs transformers on the mixed corpus and fixed lengths, passes interleaved."""
     import transformers
 
     hf = transformers_twin(bm)
     runner = _PaddedRunner(hf, bm.engine.device)
     twin = _Twin(bm, runner)
-    peak = 1.0   # fractions are reported by the engine rows; here only the ratio matters
-    rows = []
     workloads = [("mixed", list(mixed))]
     workloads += [(f"fixed-{n}", fixed_sequences(bm, min(n, bm.max_seq_len), token_budget=token_budget, seed=seed))
                   for n in lengths]
+    pairs = []
     for name, seqs in workloads:
-        ours = measure(bm, seqs, name=name, token_budget=token_budget, peak_flops=peak, min_seconds=min_seconds)
-        theirs = measure(twin, seqs, name=name, token_budget=token_budget, peak_flops=peak, min_seconds=min_seconds)
-        row = {"name": name, "ours_tokens_per_s": ours["tokens_per_s"], "transformers_tokens_per_s":
-               theirs["tokens_per_s"], "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+        pairs.append((prepare(seqs, name=name, token_budget=token_budget),
+                      prepare(seqs, name=name, token_budget=token_budget)))
+    measure_interleaved([item for ours, theirs in pairs for item in ((bm, ours), (twin, theirs))],
+                        min_seconds=min_seconds)
+    rows = []
+    for ours_w, theirs_w in pairs:
+        ours, theirs = result_row(bm, ours_w, peak_flops=1.0), result_row(twin, theirs_w, peak_flops=1.0)
+        row = {"name": ours["name"], "ours_tokens_per_s": ours["tokens_per_s"],
+               "transformers_tokens_per_s": theirs["tokens_per_s"],
+               "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
                "ours_bytes_per_token": ours["bytes_per_token"],
                "transformers_bytes_per_token": theirs["bytes_per_token"]}
-        log(f"  vs transformers {name:<12}: ours {row['ours_tokens_per_s']:>9.0f} tokens/s, transformers "
+        log(f"  vs transformers {row['name']:<12}: ours {row['ours_tokens_per_s']:>9.0f} tokens/s, transformers "
             f"{row['transformers_tokens_per_s']:>9.0f} tokens/s, ratio {row['ratio']:.2f}x")
         rows.append(row)
     agreement = _agreement(bm, runner, mixed, token_budget=token_budget)
@@ -92,10 +97,11 @@ def compare_with_transformers(bm: BenchModel, mixed: Sequence[Sequence[int]], *,
 
 
 class _Twin:
-    """``measure`` needs a BenchModel; this one swaps the engine for the transformers runner."""
+    """Stands in for a BenchModel with the transformers runner as its engine (same FLOP count)."""
 
     def __init__(self, bm: BenchModel, runner: _PaddedRunner) -> None:
         self._bm, self.engine = bm, _EngineShim(bm.engine, runner)
+        self.shape = bm.shape
 
     def flops(self, lengths):
         return self._bm.flops(lengths)

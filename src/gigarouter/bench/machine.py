@@ -63,12 +63,13 @@ def machine_info(*, device: str = "cpu") -> dict:
     return info
 
 
-def matmul_rate(*, device: str = "cpu", dtype: str = "auto", size: int | None = None,
-                repeats: int = 5) -> dict:
-    """Dense matmul FLOP/s on ``device`` (fp32 on CPU, bf16 on GPU unless ``dtype`` says otherwise).
+def matmul_rate(*, device: str = "cpu", dtype: str = "auto", sizes: tuple[int, ...] | None = None,
+                repeats: int = 3) -> dict:
+    """Dense square matmul FLOP/s on ``device`` (fp32 on CPU, bf16 on GPU unless ``dtype`` says otherwise).
 
-    Returns the best and the median of ``repeats`` timed products; the best is
-    taken as the device's arithmetic limit (noise only ever slows a run down).
+    Several sizes are tried (the fastest size depends on caches and the BLAS);
+    the best time over sizes and ``repeats`` is taken as the device's
+    arithmetic limit, since noise only ever slows a run down.
     """
     import torch
 
@@ -76,22 +77,24 @@ def matmul_rate(*, device: str = "cpu", dtype: str = "auto", size: int | None = 
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     tdtype = getattr(torch, dtype)
-    n = size or (8192 if dev.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=dev, dtype=tdtype)
-    b = torch.randn(n, n, device=dev, dtype=tdtype)
-    times = []
+    sizes = sizes or ((4096, 8192) if dev.type == "cuda" else (1024, 2048))
+    rates: dict[int, list[float]] = {}
     with torch.inference_mode():
-        torch.matmul(a, b)  # warm-up: kernel selection, thread pool start
-        _sync(dev)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
+        for n in sizes:
+            a = torch.randn(n, n, device=dev, dtype=tdtype)
+            b = torch.randn(n, n, device=dev, dtype=tdtype)
+            torch.matmul(a, b)  # warm-up: kernel selection, thread pool start
             _sync(dev)
-            times.append(time.perf_counter() - t0)
-    flops = 2.0 * n ** 3
-    times.sort()
-    return {"device": str(dev), "dtype": dtype, "size": n, "threads": torch.get_num_threads(),
-            "best_flops": flops / times[0], "median_flops": flops / times[len(times) // 2]}
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                torch.matmul(a, b)
+                _sync(dev)
+                rates.setdefault(n, []).append(2.0 * n ** 3 / (time.perf_counter() - t0))
+    all_rates = sorted(r for rs in rates.values() for r in rs)
+    best_size = max(rates, key=lambda n: max(rates[n]))
+    return {"device": str(dev), "dtype": dtype, "sizes": list(sizes), "best_size": best_size,
+            "threads": torch.get_num_threads(), "best_flops": all_rates[-1],
+            "median_flops": all_rates[len(all_rates) // 2]}
 
 
 def _sync(dev) -> None:

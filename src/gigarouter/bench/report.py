@@ -52,7 +52,13 @@ def engine_markdown(result: dict) -> str:
            f"{result['matmul_params'] / 1e6:,.1f} M matmul parameters.",
            "",
            table(["workload", "token budget", "mean len", "tokens/s", "inputs/s", "attention padding",
-                  "MFLOP/token", "GFLOP/s", "of matmul peak", "batch p50 ms", "KiB/token"], rows)]
+                  "MFLOP/token", "GFLOP/s", "of matmul peak", "batch p50 ms", "KiB/token"], rows),
+           "", "Mixed corpus against the batch token budget:", "",
+           table(["token budget", "tokens/s", "batch p50 ms", "batch max ms", "attention padding", "KiB/token"],
+                 [(r["token_budget"], r["tokens_per_s"], r["batch_ms_p50"], r["batch_ms_max"],
+                   f"{100 * r['padding_fraction']:.0f}%",
+                   None if r["bytes_per_token"] is None else r["bytes_per_token"] / 1024)
+                  for r in result["budget_sweep"]])]
     hf = result.get("transformers")
     if hf:
         out += ["", f"Against transformers {hf['transformers_version']} `MistralModel` "
@@ -78,7 +84,7 @@ def plot_engine(result: dict, path: Path) -> Path:
     a2.plot(budgets, [r["batch_ms_p50"] for r in sweep], "s--", color="tab:red", label="batch p50 ms")
     a2.set_ylabel("batch latency p50 (ms)", color="tab:red")
     a.set_title("throughput vs token budget")
-    fixed = [r for r in result["runs"] if r["name"].startswith("fixed") or r is result["runs"][0]]
+    fixed = result["runs"]
     names = [r["name"] for r in fixed]
     b.bar(names, [100 * r["fraction_of_matmul_peak"] for r in fixed])
     b.set_ylabel("% of dense matmul peak")

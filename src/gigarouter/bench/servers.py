@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,9 +54,10 @@ class RunningServer:
         return self.process.pid
 
 
-def gigarouter_spec(port: int, *, name: str = "gigarouter", env: dict[str, str] | None = None) -> ServerSpec:
+def gigarouter_spec(port: int, *, name: str = "gigarouter", env: dict[str, str] | None = None,
+                    config: Path | None = None) -> ServerSpec:
     argv = (sys.executable, "-m", "gigarouter.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning")
+            "--log-level", "warning", *(("--config", str(config)) if config else ()))
     return ServerSpec(name=name, argv=argv, port=port, ready_path="/ready", embeddings_path="/v1/embeddings",
                       env=dict(env or {}))
 
@@ -132,6 +134,11 @@ def running(spec: ServerSpec, *, log_dir: Path) -> Iterator[RunningServer]:
         yield server
     finally:
         stop(server)
+
+
+def default_log_dir() -> Path:
+    """Server logs go to the system temp directory, not beside the results."""
+    return Path(tempfile.gettempdir()) / "gigarouter-bench-logs"
 
 
 def default_infinity_bin() -> Path | None:
