@@ -114,7 +114,7 @@ def http(
                         "p99 ms", "requests", "errors"],
                        [(r["concurrency"], r["inputs_per_request"], r["inputs_per_s"], r["tokens_per_s"],
                          r["usage_tokens_per_s"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["requests"],
-                         report._errors(r["errors"])) for r in rows]))
+                         report.errors_text(r["errors"])) for r in rows]))
     result = {"kind": "http", "command": _command(), "machine": machine_info(), "url": url, "model": model,
               "corpus": corpus.name, "runs": rows}
     print(f"\nMachine: {report.machine_line(result['machine'])}")

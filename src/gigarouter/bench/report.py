@@ -112,7 +112,7 @@ def compare_markdown(result: dict) -> str:
                g["tokens_per_s"], p["tokens_per_s"] if p else None,
                f"{g['p50_ms']:.0f} / {g['p99_ms']:.0f}", f"{p['p50_ms']:.0f} / {p['p99_ms']:.0f}" if p else "-",
                g["cpu_ms_per_input"], p["cpu_ms_per_input"] if p else None,
-               _errors(g["errors"]) + (" / " + _errors(p["errors"]) if p else "")]
+               errors_text(g["errors"]) + (" / " + errors_text(p["errors"]) if p else "")]
         rows.append(row)
     header = ["workload", f"{ours} inputs/s", f"{peer} inputs/s", f"ratio vs {peer}", "ratio vs ST offline",
               f"{ours} tokens/s", f"{peer} tokens/s", f"{ours} p50/p99 ms", f"{peer} p50/p99 ms",
@@ -141,7 +141,7 @@ def compare_markdown(result: dict) -> str:
     return "\n".join(out)
 
 
-def _errors(errors: dict) -> str:
+def errors_text(errors: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "0"
 
 
