@@ -43,6 +43,7 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         dep = registry.lookup(req.model)
         request.state.model = dep.name
         _check_dimensions(req, dep)
+        tokenize_started = time.perf_counter()
         items = await run_in_threadpool(_prepare, dep, req)
         tokenized = time.perf_counter()
         tokens = sum(len(item.token_ids) for item in items)
@@ -56,7 +57,7 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         payload = _payload(req, dep, vectors, tokens)
         content = await run_in_threadpool(_dumps, payload) if vectors.size > _INLINE_FLOATS else _dumps(payload)
         await gate.settle(charge, status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content)
-    timings = {"tokenize": tokenized - started, "queue": job.queue_seconds, "inference": job.infer_seconds}
+    timings = {"tokenize": tokenized - tokenize_started, "queue": job.queue_seconds, "inference": job.infer_seconds}
     _observe(metrics, dep.name, tokens, timings)
     headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()}}
     return Response(content, media_type="application/json", headers=headers)
