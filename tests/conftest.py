@@ -28,15 +28,19 @@ class FakeEngine:
     can hold the device busy and fill the queue.
     """
 
-    def __init__(self, dim: int = 8, token_budget: int = 4096, gate: threading.Event | None = None) -> None:
+    def __init__(self, dim: int = 8, token_budget: int = 4096, gate: threading.Event | None = None,
+                 parallel_batches: int = 1) -> None:
         self.dim = dim
+        self.parallel_batches = parallel_batches
+        self.concurrent_calls: list[bool] = []
         self.token_budget = token_budget
         self.device_name = "fake"
         self.gate = gate
         self.batches: list[PackedBatch] = []
         self.entered = threading.Event()   # set once a batch is on the "device"
 
-    def embed(self, batch: PackedBatch) -> np.ndarray:
+    def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
+        self.concurrent_calls.append(concurrent)
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(timeout=30)

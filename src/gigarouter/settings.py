@@ -99,6 +99,9 @@ class Settings:
     # requests are about, bulk batches are cut to what the device runs in this many ms.
     interactive_max_tokens: int = 512
     interactive_latency_ms: float = 50.0
+    # CPU only: batches that may run at once, each on its share of the cores (None = one
+    # per torch thread, i.e. per core). 1 runs one batch at a time over every core.
+    cpu_parallel_batches: int | None = None
 
     # Storage and downloads.
     data_dir: Path = field(default_factory=default_data_dir)

@@ -196,7 +196,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:
 
 def test_unexpected_errors_become_500_with_request_id(fake_client_factory):
     class Broken(FakeEngine):
-        def embed(self, batch):
+        def embed(self, batch, *, concurrent=False):
             raise RuntimeError("secret internal detail")
 
     client = fake_client_factory(Broken())

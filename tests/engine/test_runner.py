@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,3 +57,38 @@ def test_budget_from_memory_scales_with_free_memory_and_rounds_to_whole_sequence
     # per token: (6*4096 + 3*14336) * 2 bytes + 4*4096 bytes of float32 pooling = 151,552
     assert large == int(60 * 2**30 * 0.6) // 151_552 // 512 * 512
     assert budget_from_memory(free_bytes=1, **mistral) == 512
+
+
+class ThreadsSeen(Echo):
+    def forward(self, ids: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        self.calls.append(torch.get_num_threads())
+        return super().forward(ids, cu)
+
+
+def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all():
+    cores = torch.get_num_threads()
+    model = ThreadsSeen()
+    e = TorchEngine(model, pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=64,
+                    max_seq_len=8, parallel_batches=2)
+    with ThreadPoolExecutor(1) as device_thread:
+        device_thread.submit(e.embed, pack([[1, 2]]), concurrent=True).result()
+        device_thread.submit(e.embed, pack([[1, 2]])).result()
+    assert model.calls[0] == max(1, cores // 2) and model.calls[2] == cores   # Echo logs ids too
+    assert torch.get_num_threads() == cores        # the caller's own setting is untouched
+
+
+def test_parallel_batches_on_the_real_model_give_the_vectors_of_serial_ones(minilm_recipe):
+    from gigarouter.engine.factory import load_model
+    from gigarouter.settings import Settings, default_model
+
+    _recipe, real = load_model(default_model(), Settings(cpu_parallel_batches=2), progress=False)
+    assert real.parallel_batches == 2
+    texts = ["a short query", "a longer passage about llamas, alpacas and other camelids",
+             "one more", "and a fourth text of middling length"]
+    items = minilm_recipe.prepare_texts(texts, input_type="document", instruction=None, truncate="end")
+    batches = [pack([it.token_ids for it in items[:2]]), pack([it.token_ids for it in items[2:]])]
+    serial = [real.embed(b) for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(pool.map(lambda b: real.embed(b, concurrent=True), batches * 3))
+    for i, got in enumerate(parallel):
+        np.testing.assert_allclose(got, serial[i % 2], rtol=0, atol=1e-5)

@@ -116,10 +116,10 @@ def test_stop_finishes_admitted_work_and_refuses_new():
 
 def test_engine_failure_fails_the_jobs_in_that_batch_only():
     class Exploding(FakeEngine):
-        def embed(self, batch):
+        def embed(self, batch, *, concurrent=False):
             if 13 in batch.lengths:
                 raise RuntimeError("device fell over")
-            return super().embed(batch)
+            return super().embed(batch, concurrent=concurrent)
 
     async def main():
         sched = Scheduler(Exploding(), model="m", token_budget=13, max_queued_tokens=10_000)
@@ -136,9 +136,9 @@ def test_engine_failure_fails_the_jobs_in_that_batch_only():
 
 def test_bulk_batches_shrink_to_the_latency_target_while_queries_are_about():
     class Paced(FakeEngine):          # about 2000 tokens/s, so 20 tokens fit in the 10 ms target
-        def embed(self, batch):
+        def embed(self, batch, *, concurrent=False):
             time.sleep(batch.num_tokens / 2000)
-            return super().embed(batch)
+            return super().embed(batch, concurrent=concurrent)
 
     async def main():
         engine = Paced()
@@ -159,3 +159,78 @@ def test_bulk_batches_shrink_to_the_latency_target_while_queries_are_about():
     alone, guarded = run(main())
     assert alone == [8]                       # no queries about: one full-budget batch
     assert guarded and max(guarded) <= 2      # after a query: batches of <= 20 tokens
+
+
+class Overlapping(FakeEngine):
+    """Counts how many batches are on the "device" at once; each holds it ~30 ms."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def embed(self, batch, *, concurrent=False):
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            time.sleep(0.03)
+            return super().embed(batch, concurrent=concurrent)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_a_backlog_runs_as_parallel_batches_each_told_it_shares_the_device():
+    async def main():
+        engine = Overlapping(token_budget=16, parallel_batches=2)
+        sched = Scheduler(engine, model="m", token_budget=16, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(*([16] * 6)), interactive=False)
+        vectors = await job.future
+        await sched.stop()
+        return engine, vectors
+
+    engine, vectors = run(main())
+    assert engine.most_at_once == 2
+    assert len(engine.batches) == 6 and all(engine.concurrent_calls)
+    # Every row is still its own sequence's vector, whichever thread computed it.
+    np.testing.assert_array_equal(vectors, FakeEngine().embed(
+        __import__("gigarouter.engine.base", fromlist=["pack"]).pack([list(range(1, 17))] * 6)))
+
+
+def test_a_batch_with_nothing_behind_it_gets_the_device_alone_and_holds_it():
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(token_budget=16, parallel_batches=2, gate=gate)
+        sched = Scheduler(engine, model="m", token_budget=16, max_queued_tokens=10_000)
+        sched.start()
+        first = await sched.submit(items(8), interactive=True)
+        await asyncio.to_thread(engine.entered.wait, 5)
+        second = await sched.submit(items(8), interactive=True)
+        await asyncio.sleep(0.1)
+        started_while_held = len(engine.concurrent_calls)
+        gate.set()
+        await asyncio.gather(first.future, second.future)
+        await sched.stop()
+        return engine, started_while_held
+
+    engine, started_while_held = run(main())
+    assert started_while_held == 1            # the second waited for the lone batch to finish
+    assert engine.concurrent_calls == [False, False]
+
+
+def test_stop_waits_for_every_parallel_batch():
+    async def main():
+        engine = Overlapping(token_budget=16, parallel_batches=2)
+        sched = Scheduler(engine, model="m", token_budget=16, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(*([16] * 5)), interactive=False)
+        await asyncio.sleep(0.01)
+        await sched.stop()
+        return job, engine
+
+    job, engine = run(main())
+    assert job.future.done() and job.future.result().shape == (5, 8)
+    assert engine.running == 0

@@ -59,9 +59,16 @@ class Engine(Protocol):
     token_budget: int
     #: human-readable device, e.g. "cpu" or "cuda:0 (NVIDIA H100)"
     device_name: str
+    #: how many batches may run at once, each on its share of the device (CPU: one per core)
+    parallel_batches: int
 
-    def embed(self, batch: PackedBatch) -> np.ndarray:
-        """Return ``[batch.num_sequences, dim]`` float32, not normalised."""
+    def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
+        """Return ``[batch.num_sequences, dim]`` float32, not normalised.
+
+        ``concurrent``: other batches run at the same time, so use one share of the
+        device; otherwise this batch has all of it. Called from up to
+        ``parallel_batches`` threads at once.
+        """
         ...
 
     def warmup(self) -> None:

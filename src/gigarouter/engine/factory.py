@@ -13,8 +13,8 @@ import torch
 
 from gigarouter.catalog.cards import find_card
 from gigarouter.engine.build import build_model, hidden_size
-from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_token_budget, resolve_device,
-                                      resolve_dtype)
+from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_parallel_batches,
+                                      default_token_budget, resolve_device, resolve_dtype)
 from gigarouter.engine.sources import ResolvedCheckpoint, resolve_checkpoint
 from gigarouter.engine.sources import embedded_model_dir as _embedded_model_dir
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
@@ -37,7 +37,8 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
     model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device)
     budget = config.token_budget or settings.batch_token_budget or _auto_budget(model, device, dtype, recipe)
     engine = TorchEngine(model, pooling=recipe.pooling, dim=hidden_size(model), device=device,
-                         token_budget=budget, max_seq_len=recipe.max_tokens)
+                         token_budget=budget, max_seq_len=recipe.max_tokens,
+                         parallel_batches=settings.cpu_parallel_batches or default_parallel_batches(device))
     return recipe, engine
 
 

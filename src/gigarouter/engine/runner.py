@@ -6,6 +6,8 @@ moves a packed batch onto the device and a pooled result off it.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import nn
@@ -52,18 +54,35 @@ def budget_from_memory(*, free_bytes: int, hidden: int, intermediate: int, dtype
     return max(budget, max_seq_len)
 
 
+def default_parallel_batches(device: torch.device) -> int:
+    """CPU: one batch per intra-op thread (core); GPU: one batch at a time.
+
+    On a CPU shared with the HTTP side (and on a busy machine), one single-threaded
+    batch per core loses less to other work than one batch spread over every core:
+    every multi-threaded op waits at a barrier for its slowest thread, so any core
+    taken away stalls all of them. docs/benchmarks.md, section 4, measures it.
+    """
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
 class TorchEngine:
     def __init__(self, model: nn.Module, *, pooling: PoolingMode, dim: int, device: torch.device,
-                 token_budget: int, max_seq_len: int) -> None:
+                 token_budget: int, max_seq_len: int, parallel_batches: int = 1) -> None:
         self.model = model
         self.pooling = pooling
         self.dim = dim
         self.device = device
         self.token_budget = max(token_budget, max_seq_len)
         self.max_seq_len = max_seq_len
+        self.parallel_batches = max(1, parallel_batches) if device.type == "cpu" else 1
+        # Threads a batch gets when it has the CPU alone; a concurrent batch gets its share.
+        self._all_threads = torch.get_num_threads()
+        self._thread_state = threading.local()
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
 
-    def embed(self, batch: PackedBatch) -> np.ndarray:
+    def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
+        if self.device.type == "cpu":
+            self._use_threads(max(1, self._all_threads // self.parallel_batches) if concurrent else self._all_threads)
         with torch.inference_mode():
             ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
             cu = torch.from_numpy(batch.cu_seqlens).to(self.device, non_blocking=True)
@@ -71,6 +90,13 @@ class TorchEngine:
             hidden = self.model(ids, cu)                          # [T, hidden]
             pooled = pool(hidden, cu, starts, self.pooling)       # [n, hidden] float32
             return pooled.cpu().numpy()
+
+    def _use_threads(self, n: int) -> None:
+        # torch's intra-op thread count (OpenMP and MKL) is per calling thread, so each
+        # device thread sets its own; skip the call when it is already right.
+        if getattr(self._thread_state, "threads", None) != n:
+            torch.set_num_threads(n)
+            self._thread_state.threads = n
 
     def warmup(self) -> None:
         """One pass at the full budget (longest sequences), so a device OOM shows now, not under load.

@@ -5,7 +5,10 @@ two lanes: *interactive* (small requests, typically queries) and *bulk*. The
 loop takes the next batch with the pure packing rule, alternating lanes when
 both have work so neither can starve the other, runs it on a single device
 thread (the event loop never blocks on the model), and scatters the vectors
-back. Sequences whose client has gone are dropped before compute. Admission
+back. An engine that can run several batches at once (``parallel_batches``,
+one per CPU core) gets that many while the queue holds work for more than
+one; a batch with nothing queued behind it has the whole device to itself.
+Sequences whose client has gone are dropped before compute. Admission
 is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
 (HTTP 429 with Retry-After) instead of letting the queue grow without limit.
 """
@@ -17,6 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -80,7 +84,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._accepting = False
         self._task: asyncio.Task | None = None
-        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"device-{model}")
+        self.parallel_batches = max(1, engine.parallel_batches)
+        self._device = ThreadPoolExecutor(max_workers=self.parallel_batches, thread_name_prefix=f"device-{model}")
+        self._in_flight: set[asyncio.Task] = set()
+        self._alone_in_flight = False       # a batch that was given the whole device is running
         self._last_lane_interactive = False
         self._tokens_per_second = 0.0      # moving average, for Retry-After
 
@@ -132,22 +139,41 @@ class Scheduler:
             job.future.cancel()
 
     def _drain_estimate(self, extra_tokens: int) -> float:
-        rate = self._tokens_per_second or 1000.0
+        # The moving average is per batch; with several batches running, the device does more.
+        rate = (self._tokens_per_second or 1000.0) * max(1, len(self._in_flight))
         return (self._queued_tokens + extra_tokens) / rate
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            slots = self._next_batch()
-            if not slots:
-                if not self._accepting:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await self._execute(loop, slots)
+            # Clear before looking, so a submit that lands while we dispatch is not missed.
+            self._wake.clear()
+            while self._device_free() and (slots := self._next_batch()):
+                self._dispatch(slots)
+            if not self._accepting and not self._in_flight and not any(self._lanes.values()):
+                return
+            waits = [asyncio.ensure_future(self._wake.wait()), *self._in_flight]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            waits[0].cancel()
+
+    def _device_free(self) -> bool:
+        return not self._alone_in_flight and len(self._in_flight) < self.parallel_batches
+
+    def _dispatch(self, slots: list[_Slot]) -> None:
+        # Share the device only when there is something to share it with: a batch that
+        # starts with nothing running and nothing queued gets every core (lower latency).
+        concurrent = self.parallel_batches > 1 and (bool(self._in_flight) or any(self._lanes.values()))
+        self._alone_in_flight = not concurrent
+        task = asyncio.get_running_loop().create_task(self._execute(slots, concurrent=concurrent))
+        self._in_flight.add(task)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        if not self._in_flight:
+            self._alone_in_flight = False
+        self._wake.set()
 
     def _next_batch(self) -> list[_Slot]:
         self._drop_cancelled()
@@ -189,7 +215,8 @@ class Scheduler:
                 if self.metrics and dropped:
                     self.metrics.dropped.labels(self.model).inc(dropped)
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, slots: list[_Slot]) -> None:
+    async def _execute(self, slots: list[_Slot], *, concurrent: bool) -> None:
+        loop = asyncio.get_running_loop()
         batch = pack([s.job.items[s.index].token_ids for s in slots],
                      [s.job.items[s.index].pool_start for s in slots])
         started = time.perf_counter()
@@ -197,7 +224,8 @@ class Scheduler:
             if s.job.started_at is None:
                 s.job.started_at = started
         try:
-            vectors = await loop.run_in_executor(self._device, self.engine.embed, batch)
+            vectors = await loop.run_in_executor(self._device, partial(self.engine.embed, batch,
+                                                                       concurrent=concurrent))
         except Exception as exc:  # the device failed: every job in the batch fails with it
             for s in slots:
                 if not s.job.future.done():
