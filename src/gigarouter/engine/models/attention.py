@@ -4,10 +4,14 @@ The model keeps activations packed, ``[total_tokens, ...]``; only attention
 needs to know where sequences begin and end. ``AttentionLayout`` is built once
 per forward pass from ``cu_seqlens`` and reused by every layer.
 
-CPU / portable path: scatter the packed tokens into a ``[n, max_len]`` grid,
-run ``scaled_dot_product_attention`` with a key mask (plus causal / sliding
-window), gather back. The scheduler groups sequences of similar length, so the
-grid wastes little. A single sequence skips the grid entirely.
+CPU / portable path: sequences are sorted by length and cut into buckets of
+similar length; each bucket is gathered into its own ``[m, longest]`` grid,
+run through ``scaled_dot_product_attention`` with a key mask (plus causal /
+sliding window) where a sequence is shorter than the bucket's longest, and
+scattered back. One grid for the whole batch would pad every sequence to the
+batch's longest; buckets keep attention's work near the sum of each
+sequence's own square (docs/benchmarks.md, section 4). A single sequence
+skips the grid entirely.
 
 CUDA path (fp16/bf16): PyTorch's varlen flash-attention kernel reads the packed
 tensors directly with ``cu_seqlens``, so no grid, no mask and no padding FLOPs.
@@ -16,54 +20,83 @@ tensors directly with ``cu_seqlens``, so no grid, no mask and no padding FLOPs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+
+
+# A sequence joins a bucket while it is at least this fraction of the bucket's longest:
+# padding stays under ~35% of a bucket's attention work, and a typical mixed batch needs
+# only a handful of grids (each SDPA call has a fixed cost).
+BUCKET_MIN_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Sequences of similar length that share one attention grid."""
+
+    count: int
+    longest: int
+    gather: torch.Tensor         # [count * longest] packed row of each grid cell (0 where padding)
+    keep: torch.Tensor           # [valid cells] grid cells that hold a real token
+    scatter: torch.Tensor        # [valid cells] packed row each kept cell goes back to
+    mask: torch.Tensor | None    # [count, 1, longest, longest] bool, None = no mask needed
 
 
 @dataclass(frozen=True)
 class AttentionLayout:
     num_sequences: int
     max_len: int
-    seq_of_token: torch.Tensor   # [T] which sequence each packed token belongs to
     pos_in_seq: torch.Tensor     # [T] position of each token inside its sequence
-    mask: torch.Tensor | None    # [n, 1, L, L] bool (True = may attend), None = no mask needed
-    causal: bool                 # only meaningful when mask is None
-    cu_seqlens: torch.Tensor | None = None   # [n+1] int32, for the varlen kernel
-    window: int | None = None                # sliding window (keys with i - j < window)
+    causal: bool
+    cu_seqlens: torch.Tensor     # [n+1] int32: sequence i is rows cu[i]:cu[i+1]
+    window: int | None = None    # sliding window (query i sees keys j with i - j < window)
 
     @classmethod
     def build(cls, cu_seqlens: torch.Tensor, *, causal: bool, window: int | None = None) -> "AttentionLayout":
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         n = lengths.numel()
-        max_len = int(lengths.max())
         device = cu_seqlens.device
         seq_of_token = torch.repeat_interleave(torch.arange(n, device=device), lengths)
         pos_in_seq = torch.arange(int(cu_seqlens[-1]), device=device) - cu_seqlens[:-1][seq_of_token]
-        window_bites = window is not None and max_len > window
-        all_full = bool((lengths == max_len).all())
-        cu32 = cu_seqlens.to(torch.int32)
-        if all_full and not window_bites:
-            return cls(n, max_len, seq_of_token, pos_in_seq, None, causal, cu32, window)
-        pos = torch.arange(max_len, device=device)
-        key_ok = pos[None, :] < lengths[:, None]                      # [n, L]
-        mask = key_ok[:, None, None, :].expand(n, 1, max_len, max_len)  # [n, 1, Lq, Lk]
-        if causal:
-            mask = mask & (pos[None, :] <= pos[:, None])
-        if window_bites:
-            # Mistral's sliding window: query i sees keys j with i - j < window.
-            mask = mask & (pos[:, None] - pos[None, :] < window)
-        return cls(n, max_len, seq_of_token, pos_in_seq, mask.contiguous(), causal, cu32, window)
+        return cls(n, int(lengths.max()), pos_in_seq, causal, cu_seqlens.to(torch.int32), window)
 
-    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, H, D] -> [n, H, L, D] (zeros where a sequence is shorter than L)."""
-        grid = x.new_zeros(self.num_sequences, self.max_len, *x.shape[1:])
-        grid[self.seq_of_token, self.pos_in_seq] = x
-        return grid.transpose(1, 2)
+    @property
+    def window_bites(self) -> bool:
+        return self.window is not None and self.max_len > self.window
 
-    def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        """grid: [n, H, L, D] -> [T, H, D]."""
-        return grid.transpose(1, 2)[self.seq_of_token, self.pos_in_seq]
+    @cached_property
+    def buckets(self) -> list[Bucket]:
+        """The grids of the portable path; built on first use and shared by every layer."""
+        cu = self.cu_seqlens.tolist()
+        lengths = [cu[i + 1] - cu[i] for i in range(self.num_sequences)]
+        groups: list[list[int]] = []
+        for i in sorted(range(self.num_sequences), key=lambda i: -lengths[i]):
+            if groups and lengths[i] >= BUCKET_MIN_FRACTION * lengths[groups[-1][0]]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        return [self._bucket([cu[i] for i in g], [lengths[i] for i in g]) for g in groups]
+
+    def _bucket(self, starts: list[int], lengths: list[int]) -> Bucket:
+        device = self.cu_seqlens.device
+        count, longest = len(lengths), lengths[0]
+        pos = torch.arange(longest, device=device)
+        valid = pos[None, :] < torch.tensor(lengths, device=device)[:, None]     # [m, L]
+        rows = torch.tensor(starts, device=device)[:, None] + pos[None, :]       # packed row per cell
+        keep = valid.flatten().nonzero().squeeze(1)
+        window_bites = self.window is not None and longest > self.window
+        mask = None
+        if window_bites or not bool(valid.all()):
+            mask = valid[:, None, None, :].expand(count, 1, longest, longest)
+            if self.causal:
+                mask = mask & (pos[None, :] <= pos[:, None])
+            if window_bites:
+                mask = mask & (pos[:, None] - pos[None, :] < self.window)
+            mask = mask.contiguous()
+        return Bucket(count, longest, gather=torch.where(valid, rows, 0).flatten(), keep=keep,
+                      scatter=rows.flatten()[keep], mask=mask)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
@@ -76,16 +109,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionL
             raise
         except (RuntimeError, NotImplementedError):
             _disable_varlen()   # a GPU or build without the kernel: the grid path below always works
-    if layout.num_sequences == 1 and layout.mask is None:
+    if layout.num_sequences == 1 and not layout.window_bites:
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
             is_causal=layout.causal, enable_gqa=gqa)
         return out[0].transpose(0, 1)
-    qg, kg, vg = layout.to_grid(q), layout.to_grid(k), layout.to_grid(v)
-    out = F.scaled_dot_product_attention(
-        qg, kg, vg, attn_mask=layout.mask,
-        is_causal=layout.causal and layout.mask is None, enable_gqa=gqa)
-    return layout.from_grid(out)
+    out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    for b in layout.buckets:
+        def grid(x: torch.Tensor) -> torch.Tensor:   # [T, H, D] -> [m, H, L, D]
+            return x[b.gather].view(b.count, b.longest, *x.shape[1:]).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=b.mask,
+                                           is_causal=layout.causal and b.mask is None, enable_gqa=gqa)
+        out[b.scatter] = o.transpose(1, 2).reshape(b.count * b.longest, *out.shape[1:])[b.keep]
+    return out
 
 
 def _varlen_ok(q: torch.Tensor) -> bool:
