@@ -27,3 +27,11 @@ def test_stacks_fold_into_stages_per_thread():
     assert busy["device thread"]["busy_fraction"] == pytest.approx(0.95)
     assert busy["event loop (main thread)"]["shares"]["HTTP server + framework (uvicorn, h11, starlette, fastapi)"] \
         == pytest.approx(0.75)
+
+
+def test_a_main_thread_inside_uvloop_counts_as_idle():
+    raw = ("thread (1): MainThread;Server.run (uvicorn/server.py:86);asyncio_run (uvicorn/_compat.py:30);"
+           "Runner.run (asyncio/runners.py:118) 9\n"
+           "thread (1): MainThread;Runner.run (asyncio/runners.py:118);create_embeddings "
+           "(gigarouter/api/routes/embeddings.py:60) 1\n")
+    assert summarize_raw(raw)["event loop (main thread)"]["shares"]["idle"] == pytest.approx(0.9)

@@ -18,8 +18,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 #: a stack whose innermost frame is one of these is a thread waiting, not working
+#: Under uvloop the loop itself is C, so a main thread whose innermost Python frame is
+#: asyncio's Runner.run is inside uvloop: waiting in epoll (or parsing HTTP in C, too brief to matter).
 IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "Queue.get", "Event.wait", "_worker (concurrent",
-               "select (selectors", "lock.acquire", "Thread.join", "sleep (")
+               "select (selectors", "lock.acquire", "Thread.join", "sleep (", "Runner.run (asyncio/runners")
 
 #: (category, markers): a busy stack belongs to the first category with a marker in any frame.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
