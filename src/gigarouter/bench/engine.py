@@ -24,7 +24,8 @@ from gigarouter.bench.corpus import TokenCounter, length_summary, mixed_corpus, 
 from gigarouter.bench.machine import machine_info, matmul_rate
 from gigarouter.bench.shapes import FIXED_LENGTHS, BenchModel, build
 from gigarouter.engine.base import PackedBatch, pack
-from gigarouter.scheduler.batching import batch_cost, plan_batch
+from gigarouter.engine.models.attention import AttentionLayout
+from gigarouter.scheduler.batching import plan_batch
 
 CPU_BUDGETS = (512, 1024, 2048, 4096, 8192, 16384)
 GPU_BUDGETS = (4096, 8192, 16384, 32768, 65536)
@@ -137,8 +138,11 @@ def measure_interleaved(items: Sequence[tuple[BenchModel, Workload]], *, min_sec
 
 
 def _grid_cells(lengths: Sequence[int]) -> int:
-    """Token positions the portable attention path lays out for a batch (one sequence: no grid)."""
-    return lengths[0] if len(lengths) == 1 else batch_cost(lengths)
+    """Token positions the portable attention path lays out for a batch: its length buckets' grids."""
+    if len(lengths) == 1:
+        return lengths[0]
+    cu = torch.tensor([0, *np.cumsum(lengths).tolist()])
+    return sum(b.count * b.longest for b in AttentionLayout.build(cu, causal=False).buckets)
 
 
 def fixed_sequences(bm: BenchModel, length: int, *, token_budget: int, seed: int) -> list[list[int]]:
