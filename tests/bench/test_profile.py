@@ -18,13 +18,13 @@ thread (7): device-all-minilm-l6-v2_0;_worker (concurrent/futures/thread.py:81) 
 
 def test_stacks_fold_into_stages_per_thread():
     s = summarize_raw(RAW)
-    loop, device = s["event loop (main thread)"], s["device thread"]
+    loop, device = s["event loop (main thread)"], s["device threads (mean of each)"]
     assert loop["samples"] == 100 and device["samples"] == 100
     assert loop["shares"]["idle"] == pytest.approx(0.6)
     assert loop["shares"]["response: normalise + JSON/base64"] == pytest.approx(0.1)
     assert device["shares"] == pytest.approx({"linear layers": 0.75, "attention (grid + sdpa)": 0.2, "idle": 0.05})
     busy = busy_shares(s)
-    assert busy["device thread"]["busy_fraction"] == pytest.approx(0.95)
+    assert busy["device threads (mean of each)"]["busy_fraction"] == pytest.approx(0.95)
     assert busy["event loop (main thread)"]["shares"]["HTTP server + framework (uvicorn, h11, starlette, fastapi)"] \
         == pytest.approx(0.75)
 

@@ -46,7 +46,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def thread_kind(thread_frame: str) -> str:
     if "device-" in thread_frame:
-        return "device thread"
+        return "device threads (mean of each)"
     if "MainThread" in thread_frame:
         return "event loop (main thread)"
     if "AnyIO worker" in thread_frame or "asyncio_" in thread_frame or "ThreadPoolExecutor" in thread_frame:
