@@ -48,6 +48,8 @@ weights = "/models/linq"
      "used twice"),
     ("nonsense = [", "Invalid value"),
     ("portt = 1\n", "unknown setting"),
+    ("cpu_parallel_batches = 0\n", "cpu_parallel_batches"),
+    ('cpu_parallel_batches = "2"\n', "cpu_parallel_batches"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

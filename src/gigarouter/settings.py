@@ -117,6 +117,11 @@ class Settings:
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
 
+    def __post_init__(self) -> None:
+        if self.cpu_parallel_batches is not None and (
+                not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
+            raise ConfigError("cpu_parallel_batches must be a whole number >= 1")
+
     @property
     def default_sqlite_path(self) -> Path:
         """The database file used when no database_url is configured."""
