@@ -16,6 +16,7 @@ is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from gigarouter.errors import NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
 from gigarouter.scheduler.batching import plan_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -170,6 +173,8 @@ class Scheduler:
         task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:   # a bug here, not a device error
+            log.error("batch for model %s failed", self.model, exc_info=task.exception())
         self._in_flight.discard(task)
         if not self._in_flight:
             self._alone_in_flight = False
@@ -217,16 +222,16 @@ class Scheduler:
 
     async def _execute(self, slots: list[_Slot], *, concurrent: bool) -> None:
         loop = asyncio.get_running_loop()
-        batch = pack([s.job.items[s.index].token_ids for s in slots],
-                     [s.job.items[s.index].pool_start for s in slots])
         started = time.perf_counter()
         for s in slots:
             if s.job.started_at is None:
                 s.job.started_at = started
         try:
+            batch = pack([s.job.items[s.index].token_ids for s in slots],
+                         [s.job.items[s.index].pool_start for s in slots])
             vectors = await loop.run_in_executor(self._device, partial(self.engine.embed, batch,
                                                                        concurrent=concurrent))
-        except Exception as exc:  # the device failed: every job in the batch fails with it
+        except Exception as exc:  # the batch failed: every job in it fails with it, none hangs
             for s in slots:
                 if not s.job.future.done():
                     s.job.future.set_exception(exc)
