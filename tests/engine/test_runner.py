@@ -5,11 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from gigarouter.engine.base import pack
-from gigarouter.engine.runner import TorchEngine, budget_from_memory
+from gigarouter.engine.runner import PROCESS_THREADS, TorchEngine, budget_from_memory, default_parallel_batches
 from gigarouter.pooling.pooling import PoolingMode
 
 
@@ -65,8 +66,9 @@ class ThreadsSeen(Echo):
         return super().forward(ids, cu)
 
 
+@pytest.mark.skipif(PROCESS_THREADS < 2, reason="needs at least 2 torch threads to tell a share from all")
 def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all():
-    cores = torch.get_num_threads()
+    cores = PROCESS_THREADS
     model = ThreadsSeen()
     e = TorchEngine(model, pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=64,
                     max_seq_len=8, parallel_batches=2)
@@ -75,6 +77,10 @@ def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all
         device_thread.submit(e.embed, pack([[1, 2]])).result()
     assert model.calls[0] == max(1, cores // 2) and model.calls[2] == cores   # Echo logs ids too
     assert torch.get_num_threads() == cores        # the caller's own setting is untouched
+    # A thread started afterwards inherits torch's last setting (1), yet a model loaded
+    # there must still get one batch per core.
+    with ThreadPoolExecutor(1) as later_thread:
+        assert later_thread.submit(default_parallel_batches, torch.device("cpu")).result() == cores
 
 
 def test_parallel_batches_on_the_real_model_give_the_vectors_of_serial_ones(minilm_recipe):

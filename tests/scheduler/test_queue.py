@@ -184,20 +184,24 @@ class Overlapping(FakeEngine):
 
 def test_a_backlog_runs_as_parallel_batches_each_told_it_shares_the_device():
     async def main():
-        engine = Overlapping(token_budget=16, parallel_batches=2)
-        sched = Scheduler(engine, model="m", token_budget=16, max_queued_tokens=10_000)
+        engine = Overlapping(token_budget=64, parallel_batches=2)
+        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
         sched.start()
-        job = await sched.submit(items(*([16] * 6)), interactive=False)
+        job = await sched.submit(items(*([16] * 8)), interactive=False)
         vectors = await job.future
         await sched.stop()
         return engine, vectors
 
     engine, vectors = run(main())
     assert engine.most_at_once == 2
-    assert len(engine.batches) == 6 and all(engine.concurrent_calls)
+    assert engine.concurrent_calls[:2] == [True, True]
+    # Each shared batch gets its share of the budget, so two at once hold one budget's tokens.
+    # (If both finish before the loop looks again, the rest may run as one lone full batch.)
+    shared = [b.num_tokens for b, c in zip(engine.batches, engine.concurrent_calls) if c]
+    assert shared and all(n == 32 for n in shared)
     # Every row is still its own sequence's vector, whichever thread computed it.
     np.testing.assert_array_equal(vectors, FakeEngine().embed(
-        __import__("gigarouter.engine.base", fromlist=["pack"]).pack([list(range(1, 17))] * 6)))
+        __import__("gigarouter.engine.base", fromlist=["pack"]).pack([list(range(1, 17))] * 8)))
 
 
 def test_a_batch_with_nothing_behind_it_gets_the_device_alone_and_holds_it():
@@ -234,3 +238,36 @@ def test_stop_waits_for_every_parallel_batch():
     job, engine = run(main())
     assert job.future.done() and job.future.result().shape == (5, 8)
     assert engine.running == 0
+
+
+def test_a_batch_that_fails_after_the_device_fails_its_jobs_instead_of_hanging():
+    class TooFewRows(FakeEngine):
+        def embed(self, batch, *, concurrent=False):
+            return super().embed(batch, concurrent=concurrent)[:1]
+
+    async def main():
+        sched = Scheduler(TooFewRows(), model="m", token_budget=64, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(4, 4, 4), interactive=False)
+        with pytest.raises(IndexError):
+            await asyncio.wait_for(job.future, timeout=5)
+        await sched.stop()
+
+    run(main())
+
+
+def test_inference_time_counts_overlapping_batches_once():
+    async def main():
+        engine = Overlapping(token_budget=64, parallel_batches=2)
+        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
+        sched.start()
+        job = await sched.submit(items(*([16] * 8)), interactive=False)
+        await job.future
+        await sched.stop()
+        return job, engine
+
+    job, engine = run(main())
+    assert engine.most_at_once == 2
+    assert job.busy_seconds >= 0.03 * len(engine.batches)     # 30 ms batches
+    assert job.infer_seconds < job.busy_seconds               # two ran at a time
+    assert job.infer_seconds == pytest.approx(job.finished_at - job.started_at)

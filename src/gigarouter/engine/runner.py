@@ -20,6 +20,11 @@ from gigarouter.pooling.pooling import PoolingMode, pool
 CPU_TOKEN_BUDGET = 1024
 GPU_TOKEN_BUDGET = 32768
 
+# torch's intra-op thread count for this process, read once at import (on the main thread):
+# torch.set_num_threads in one device thread also becomes the default that threads started
+# later inherit, so reading it later, e.g. while loading a second model, could see 1.
+PROCESS_THREADS = torch.get_num_threads()
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -62,7 +67,7 @@ def default_parallel_batches(device: torch.device) -> int:
     every multi-threaded op waits at a barrier for its slowest thread, so any core
     taken away stalls all of them. docs/benchmarks.md, section 4, measures it.
     """
-    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+    return max(1, PROCESS_THREADS) if device.type == "cpu" else 1
 
 
 class TorchEngine:
@@ -76,7 +81,7 @@ class TorchEngine:
         self.max_seq_len = max_seq_len
         self.parallel_batches = max(1, parallel_batches) if device.type == "cpu" else 1
         # Threads a batch gets when it has the CPU alone; a concurrent batch gets its share.
-        self._all_threads = torch.get_num_threads()
+        self._all_threads = PROCESS_THREADS
         self._thread_state = threading.local()
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
 

@@ -7,7 +7,9 @@ both have work so neither can starve the other, runs it on a single device
 thread (the event loop never blocks on the model), and scatters the vectors
 back. An engine that can run several batches at once (``parallel_batches``,
 one per CPU core) gets that many while the queue holds work for more than
-one; a batch with nothing queued behind it has the whole device to itself.
+one, each planned with its share of the token budget (so memory and a
+waiting query's delay stay those of one full batch); a batch with nothing
+running and nothing queued behind it has the whole device and budget.
 Sequences whose client has gone are dropped before compute. Admission
 is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
 (HTTP 429 with Retry-After) instead of letting the queue grow without limit.
@@ -46,11 +48,19 @@ class Job:
     cancelled: bool = False
     submitted_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None       # first batch holding one of its sequences began
-    infer_seconds: float = 0.0             # device time of the batches it rode in
+    busy_seconds: float = 0.0              # summed run time of the batches it rode in
+    finished_at: float | None = None       # last of those batches ended
 
     @property
     def num_tokens(self) -> int:
         return sum(len(item.token_ids) for item in self.items)
+
+    @property
+    def infer_seconds(self) -> float:
+        """Device time spent on it: its batches' run time, counting overlapping batches once."""
+        if self.started_at is None or self.finished_at is None:
+            return self.busy_seconds
+        return min(self.busy_seconds, self.finished_at - self.started_at)
 
     @property
     def queue_seconds(self) -> float:
@@ -92,7 +102,9 @@ class Scheduler:
         self._in_flight: set[asyncio.Task] = set()
         self._alone_in_flight = False       # a batch that was given the whole device is running
         self._last_lane_interactive = False
-        self._tokens_per_second = 0.0      # moving average, for Retry-After
+        # Moving averages of one batch's tokens/s, apart for a batch that had the device
+        # alone and one that shared it: for the latency target and Retry-After.
+        self._rate: dict[bool, float] = {False: 0.0, True: 0.0}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,8 +154,7 @@ class Scheduler:
             job.future.cancel()
 
     def _drain_estimate(self, extra_tokens: int) -> float:
-        # The moving average is per batch; with several batches running, the device does more.
-        rate = (self._tokens_per_second or 1000.0) * max(1, len(self._in_flight))
+        rate = max(self._rate[False], self._rate[True] * self.parallel_batches) or 1000.0
         return (self._queued_tokens + extra_tokens) / rate
 
     # -- the loop ---------------------------------------------------------------------------
@@ -152,8 +163,8 @@ class Scheduler:
         while True:
             # Clear before looking, so a submit that lands while we dispatch is not missed.
             self._wake.clear()
-            while self._device_free() and (slots := self._next_batch()):
-                self._dispatch(slots)
+            while self._device_free() and (planned := self._next_batch()):
+                self._dispatch(*planned)
             if not self._accepting and not self._in_flight and not any(self._lanes.values()):
                 return
             waits = [asyncio.ensure_future(self._wake.wait()), *self._in_flight]
@@ -163,10 +174,7 @@ class Scheduler:
     def _device_free(self) -> bool:
         return not self._alone_in_flight and len(self._in_flight) < self.parallel_batches
 
-    def _dispatch(self, slots: list[_Slot]) -> None:
-        # Share the device only when there is something to share it with: a batch that
-        # starts with nothing running and nothing queued gets every core (lower latency).
-        concurrent = self.parallel_batches > 1 and (bool(self._in_flight) or any(self._lanes.values()))
+    def _dispatch(self, slots: list[_Slot], concurrent: bool) -> None:
         self._alone_in_flight = not concurrent
         task = asyncio.get_running_loop().create_task(self._execute(slots, concurrent=concurrent))
         self._in_flight.add(task)
@@ -180,18 +188,27 @@ class Scheduler:
             self._alone_in_flight = False
         self._wake.set()
 
-    def _next_batch(self) -> list[_Slot]:
+    def _next_batch(self) -> tuple[list[_Slot], bool] | None:
+        """The next batch and whether it shares the device (None: nothing waits)."""
         self._drop_cancelled()
         interactive, bulk = self._lanes[True], self._lanes[False]
         if not interactive and not bulk:
-            return []
+            return None
         # Alternate when both lanes wait, so neither starves the other.
         use_interactive = bool(interactive) and (not bulk or not self._last_lane_interactive)
         lane = interactive if use_interactive else bulk
         self._last_lane_interactive = use_interactive
         window = [lane[i] for i in range(min(self.window, len(lane)))]
-        budget = self.token_budget if use_interactive else self._bulk_budget()
-        chosen = plan_batch([s.length for s in window], token_budget=budget, window=self.window)
+        lengths = [s.length for s in window]
+        # Share the device only when there is something to share it with: a batch that
+        # starts with nothing running and everything queued inside it gets every core.
+        alone = (self.parallel_batches == 1 or not self._in_flight and len(lane) == len(window)
+                 and not self._lanes[not use_interactive]
+                 and len(plan_batch(lengths, token_budget=self.token_budget, window=self.window)) == len(window))
+        budget = self.token_budget if alone else max(1, self.token_budget // self.parallel_batches)
+        if not use_interactive:
+            budget = min(budget, self._bulk_budget(concurrent=not alone))
+        chosen = plan_batch(lengths, token_budget=budget, window=self.window)
         picked = set(chosen)
         slots = [window[i] for i in chosen]
         rest = [s for i, s in enumerate(window) if i not in picked]
@@ -200,14 +217,19 @@ class Scheduler:
         lane.extendleft(reversed(rest))
         self._queued_tokens -= sum(s.length for s in slots)
         self._report_queue()
-        return slots
+        return slots, not alone
 
-    def _bulk_budget(self) -> int:
-        """The full budget, or, while queries are about, what fits in the latency target."""
+    def _bulk_budget(self, *, concurrent: bool) -> int:
+        """No limit, or, while queries are about, what one batch runs in the latency target."""
         recent = time.monotonic() - self._last_interactive_at < self.interactive_window_s
-        if not (self._lanes[True] or recent) or not self._tokens_per_second:
+        if not (self._lanes[True] or recent):
             return self.token_budget
-        return max(1, min(self.token_budget, int(self._tokens_per_second * self.latency_target_s)))
+        # A shared batch runs at about 1/parallel_batches of a lone one's rate, and back.
+        rate = self._rate[concurrent] or (self._rate[False] / self.parallel_batches if concurrent
+                                          else self._rate[True] * self.parallel_batches)
+        if not rate:
+            return self.token_budget
+        return max(1, int(rate * self.latency_target_s))
 
     def _drop_cancelled(self) -> None:
         for lane in self._lanes.values():
@@ -231,17 +253,20 @@ class Scheduler:
                          [s.job.items[s.index].pool_start for s in slots])
             vectors = await loop.run_in_executor(self._device, partial(self.engine.embed, batch,
                                                                        concurrent=concurrent))
-        except Exception as exc:  # the batch failed: every job in it fails with it, none hangs
+            finished = time.perf_counter()
+            self._observe_batch(batch.num_tokens, len(slots), finished - started, concurrent=concurrent)
+            for job in {id(s.job): s.job for s in slots}.values():
+                job.busy_seconds += finished - started
+                job.finished_at = finished
+            for row, s in enumerate(slots):
+                self._deliver(s, vectors[row])
+        except BaseException as exc:  # the batch failed: every job in it fails with it, none hangs
             for s in slots:
                 if not s.job.future.done():
-                    s.job.future.set_exception(exc)
-            return
-        elapsed = time.perf_counter() - started
-        self._observe_batch(batch.num_tokens, len(slots), elapsed)
-        for job in {id(s.job): s.job for s in slots}.values():
-            job.infer_seconds += elapsed
-        for row, s in enumerate(slots):
-            self._deliver(s, vectors[row])
+                    s.job.future.set_exception(exc if isinstance(exc, Exception) else NotReady(
+                        f"model {self.model!r} stopped while this request was running", code="shutting_down"))
+            if not isinstance(exc, Exception):
+                raise
 
     @staticmethod
     def _deliver(slot: _Slot, vector: np.ndarray) -> None:
@@ -255,9 +280,10 @@ class Scheduler:
         if job.remaining == 0:
             job.future.set_result(job.vectors)
 
-    def _observe_batch(self, tokens: int, sequences: int, elapsed: float) -> None:
+    def _observe_batch(self, tokens: int, sequences: int, elapsed: float, *, concurrent: bool) -> None:
         rate = tokens / max(elapsed, 1e-6)
-        self._tokens_per_second = rate if not self._tokens_per_second else 0.8 * self._tokens_per_second + 0.2 * rate
+        old = self._rate[concurrent]
+        self._rate[concurrent] = rate if not old else 0.8 * old + 0.2 * rate
         if self.metrics:
             self.metrics.batch_tokens.labels(self.model).observe(tokens)
             self.metrics.batch_sequences.labels(self.model).observe(sequences)
