@@ -23,17 +23,22 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_batches_respect_the_token_budget_and_results_keep_order():
+def embed_one_job(engine, lengths, *, token_budget: int):
+    """Start a scheduler, embed one bulk job of these lengths, drain; the finished job."""
     async def main():
-        engine = FakeEngine(token_budget=64)
-        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
+        sched = Scheduler(engine, model="m", token_budget=token_budget, max_queued_tokens=10_000)
         sched.start()
-        job = await sched.submit(items(*([16] * 10)), interactive=False)
-        vectors = await job.future
+        job = await sched.submit(items(*lengths), interactive=False)
+        await job.future
         await sched.stop()
-        return engine, vectors
+        return job
 
-    engine, vectors = run(main())
+    return run(main())
+
+
+def test_batches_respect_the_token_budget_and_results_keep_order():
+    engine = FakeEngine(token_budget=64)
+    vectors = embed_one_job(engine, [16] * 10, token_budget=64).future.result()
     assert vectors.shape == (10, 8)
     assert all(b.num_sequences * int(b.lengths.max()) <= 64 for b in engine.batches)
     alone = FakeEngine().embed(__import__("gigarouter.engine.base", fromlist=["pack"]).pack([list(range(1, 17))]))
@@ -183,16 +188,8 @@ class Overlapping(FakeEngine):
 
 
 def test_a_backlog_runs_as_parallel_batches_each_told_it_shares_the_device():
-    async def main():
-        engine = Overlapping(token_budget=64, parallel_batches=2)
-        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
-        sched.start()
-        job = await sched.submit(items(*([16] * 8)), interactive=False)
-        vectors = await job.future
-        await sched.stop()
-        return engine, vectors
-
-    engine, vectors = run(main())
+    engine = Overlapping(token_budget=64, parallel_batches=2)
+    vectors = embed_one_job(engine, [16] * 8, token_budget=64).future.result()
     assert engine.most_at_once == 2
     assert engine.concurrent_calls[:2] == [True, True]
     # Each shared batch gets its share of the budget, so two at once hold one budget's tokens.
@@ -257,16 +254,8 @@ def test_a_batch_that_fails_after_the_device_fails_its_jobs_instead_of_hanging()
 
 
 def test_inference_time_counts_overlapping_batches_once():
-    async def main():
-        engine = Overlapping(token_budget=64, parallel_batches=2)
-        sched = Scheduler(engine, model="m", token_budget=64, max_queued_tokens=10_000)
-        sched.start()
-        job = await sched.submit(items(*([16] * 8)), interactive=False)
-        await job.future
-        await sched.stop()
-        return job, engine
-
-    job, engine = run(main())
+    engine = Overlapping(token_budget=64, parallel_batches=2)
+    job = embed_one_job(engine, [16] * 8, token_budget=64)
     assert engine.most_at_once == 2
     assert job.busy_seconds >= 0.03 * len(engine.batches)     # 30 ms batches
     assert job.infer_seconds < job.busy_seconds               # two ran at a time
