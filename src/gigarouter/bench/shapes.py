@@ -115,31 +115,34 @@ def _mistral(shape: str, raw: dict, *, device: str, dtype: str, token_budget: in
              seed: int) -> BenchModel:
     from gigarouter.engine.models.mistral import MistralConfig, MistralModel
 
-    dev = resolve_device(device)
-    tdtype = resolve_dtype(dtype, dev)
     cfg = MistralConfig(**raw)
-    with torch.device("meta"):
-        model = MistralModel(cfg)
-    model = _random_init(model, device=dev, dtype=tdtype, seed=seed)
-    max_len = 4096 if shape == "mistral-7b" else 512
-    engine = TorchEngine(model, pooling=PoolingMode.LAST, dim=cfg.hidden_size, device=dev,
-                         token_budget=token_budget or default_token_budget(dev), max_seq_len=max_len)
-    return BenchModel(shape=shape, engine=engine, model=model, vocab_size=cfg.vocab_size, max_seq_len=max_len,
-                      layers=cfg.num_hidden_layers, attn_width=cfg.num_attention_heads * cfg.head_dim,
-                      causal=cfg.causal, window=cfg.sliding_window, dtype=tdtype)
+    return _random_model(shape, MistralModel, cfg, pooling=PoolingMode.LAST,
+                         max_seq_len=4096 if shape == "mistral-7b" else 512,
+                         attn_width=cfg.num_attention_heads * cfg.head_dim, causal=cfg.causal,
+                         window=cfg.sliding_window, device=device, dtype=dtype, token_budget=token_budget,
+                         seed=seed)
 
 
 def _bert_random(raw: dict, *, device: str, dtype: str, token_budget: int | None, seed: int) -> BenchModel:
     from gigarouter.engine.models.bert import BertConfig, BertModel
 
+    cfg = BertConfig(**raw)
+    return _random_model("bert-tiny", BertModel, cfg, pooling=PoolingMode.MEAN, max_seq_len=256,
+                         attn_width=cfg.hidden_size, causal=False, window=None, device=device, dtype=dtype,
+                         token_budget=token_budget, seed=seed)
+
+
+def _random_model(shape: str, model_cls: type[nn.Module], cfg, *, pooling: PoolingMode, max_seq_len: int,
+                  attn_width: int, causal: bool, window: int | None, device: str, dtype: str,
+                  token_budget: int | None, seed: int) -> BenchModel:
+    """``model_cls(cfg)`` with random weights on the device, behind a TorchEngine."""
     dev = resolve_device(device)
     tdtype = resolve_dtype(dtype, dev)
-    cfg = BertConfig(**raw)
     with torch.device("meta"):
-        model = BertModel(cfg)
+        model = model_cls(cfg)
     model = _random_init(model, device=dev, dtype=tdtype, seed=seed)
-    engine = TorchEngine(model, pooling=PoolingMode.MEAN, dim=cfg.hidden_size, device=dev,
-                         token_budget=token_budget or default_token_budget(dev), max_seq_len=256)
-    return BenchModel(shape="bert-tiny", engine=engine, model=model, vocab_size=cfg.vocab_size, max_seq_len=256,
-                      layers=cfg.num_hidden_layers, attn_width=cfg.hidden_size, causal=False, window=None,
+    engine = TorchEngine(model, pooling=pooling, dim=cfg.hidden_size, device=dev,
+                         token_budget=token_budget or default_token_budget(dev), max_seq_len=max_seq_len)
+    return BenchModel(shape=shape, engine=engine, model=model, vocab_size=cfg.vocab_size, max_seq_len=max_seq_len,
+                      layers=cfg.num_hidden_layers, attn_width=attn_width, causal=causal, window=window,
                       dtype=tdtype)
