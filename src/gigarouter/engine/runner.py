@@ -80,14 +80,14 @@ class TorchEngine:
         self.token_budget = max(token_budget, max_seq_len)
         self.max_seq_len = max_seq_len
         self.parallel_batches = max(1, parallel_batches) if device.type == "cpu" else 1
-        # Threads a batch gets when it has the CPU alone; a concurrent batch gets its share.
-        self._all_threads = PROCESS_THREADS
+        # A batch that has the CPU alone gets every thread; a concurrent batch gets its share.
+        self._shared_threads = max(1, PROCESS_THREADS // self.parallel_batches)
         self._thread_state = threading.local()
         self.device_name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
 
     def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
         if self.device.type == "cpu":
-            self._use_threads(max(1, self._all_threads // self.parallel_batches) if concurrent else self._all_threads)
+            self._use_threads(self._shared_threads if concurrent else PROCESS_THREADS)
         with torch.inference_mode():
             ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
             cu = torch.from_numpy(batch.cu_seqlens).to(self.device, non_blocking=True)

@@ -31,7 +31,7 @@ from gigarouter.engine.base import Engine, pack
 from gigarouter.errors import NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
-from gigarouter.scheduler.batching import plan_batch
+from gigarouter.scheduler.batching import batch_cost, plan_batch
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Scheduler:
         # starts with nothing running and everything queued inside it gets every core.
         alone = (self.parallel_batches == 1 or not self._in_flight and len(lane) == len(window)
                  and not self._lanes[not use_interactive]
-                 and len(plan_batch(lengths, token_budget=self.token_budget, window=self.window)) == len(window))
+                 and (len(window) == 1 or batch_cost(lengths) <= self.token_budget))
         budget = self.token_budget if alone else max(1, self.token_budget // self.parallel_batches)
         if not use_interactive:
             budget = min(budget, self._bulk_budget(concurrent=not alone))
