@@ -5,9 +5,9 @@ spends and what memory scales with whatever the attention path, and it makes
 length grouping fall out of the budget: mixing a 16-token query with a
 256-token document would cost 512, so similar lengths travel together. (The
 CPU attention path pads each sequence only to its own length bucket, so a
-cheaper cost such as the sum of lengths would be possible; in an A/B on the
-mixed corpus it packed ~30% more tokens per batch and ran no faster on 2 CPU
-cores, so the simpler bound stays.)
+cheaper cost such as the sum of lengths would be possible; it packed ~30% more
+tokens per batch and ran no faster on 2 CPU cores, experiments/cpu/engine_variants.py,
+so the simpler bound stays.)
 
 Fairness: the oldest waiting sequence always rides in the next batch, so no
 sequence waits behind an unbounded stream of better-fitting ones.
