@@ -112,3 +112,50 @@ class ModelLoadError(GigarouterError):
     status = 503
     type = "server_error"
     code = "model_unavailable"
+
+
+class Overloaded(GigarouterError):
+    """The device or a provider cannot take this request now; retrying later may work (503 + Retry-After)."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+
+class EngineOutOfMemory(Overloaded):
+    """The device ran out of memory for a batch even after it was split down to single sequences."""
+
+    code = "device_out_of_memory"
+
+
+class ProviderUnavailable(Overloaded):
+    """A provider could not answer: connection refused or reset, timeout, an upstream 5xx or 429.
+
+    The router moves such a request to the next allowed provider; the client sees this
+    only when none is left.
+    """
+
+    code = "provider_unavailable"
+
+
+class NoProviderAvailable(Overloaded):
+    """Every provider the request allows is down or serves other vectors (mismatch)."""
+
+    code = "no_provider_available"
+
+
+class ProviderRejected(InvalidRequest):
+    """An upstream refused the request as invalid (its 4xx other than 429): not retried elsewhere."""
+
+    code = "provider_rejected"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """May this failure be retried on another provider? Rate limits and 5xx yes, the client's 4xx no."""
+    status = getattr(exc, "status", 500)
+    return isinstance(exc, GigarouterError) and (status == 429 or status >= 500)
