@@ -235,6 +235,6 @@ def profile(
 
 def _counter(tokenizer_dir: Path | None):
     from gigarouter.bench.corpus import TokenCounter
-    from gigarouter.engine.factory import embedded_model_dir
+    from gigarouter.engine.sources import embedded_model_dir
 
     return TokenCounter.for_model_dir(tokenizer_dir or embedded_model_dir())

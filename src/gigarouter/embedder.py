@@ -1,4 +1,4 @@
-"""In-process embeddings: the same recipe and engine as the server, no HTTP, no event loop.
+"""In-process embeddings: the same router facade, recipe and engine as the server, no HTTP.
 
     >>> from gigarouter import Embedder
     >>> emb = Embedder()                       # the embedded default model
@@ -8,21 +8,33 @@
 ``encode`` also accepts the keyword names evaluation harnesses pass (mteb's
 ``prompt_name`` / ``task_name`` are ignored unless they name a card instruction),
 and ``encode_queries`` / ``encode_corpus`` exist for retrieval harnesses.
+
+The model is one local route, run on a private event loop in a background
+thread; ``encode`` blocks the caller until its vectors are back. Inputs are sorted
+by length and sent as several jobs at once, so the scheduler packs neighbours
+together and keeps every core busy; vectors come back in input order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gigarouter.engine.base import pack
 from gigarouter.pooling.encoding import finish
+from gigarouter.providers.base import EmbedCall
 from gigarouter.recipes.base import InputType, PreparedInput, Truncate
-from gigarouter.scheduler.batching import plan_batch
+from gigarouter.router.preferences import Preferences
+from gigarouter.router.router import Router
 from gigarouter.settings import DEFAULT_MODEL_NAME, ModelConfig, Settings, load_settings
+
+#: Inputs per job: small enough for steady progress reports, large enough to fill batches.
+_JOB_INPUTS = 256
 
 
 class Embedder:
@@ -30,11 +42,29 @@ class Embedder:
 
     def __init__(self, model: str | ModelConfig = DEFAULT_MODEL_NAME, *, config: Path | str | None = None,
                  settings: Settings | None = None) -> None:
-        from gigarouter.engine.factory import load_model
+        from gigarouter.providers.local.loading import load_model
 
         settings = settings or load_settings(Path(config) if config else None)
         self.config = model if isinstance(model, ModelConfig) else _find(settings, model)
-        self.recipe, self.engine = load_model(self.config, settings)
+        self._router = Router(settings.with_(models=(self.config,), providers=()), loader=load_model)
+        self._route = self._router.routes[0]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="embedder-loop", daemon=True)
+        self._thread.start()
+        deployment = self._route.local
+        self._wait(deployment.load(load_model, settings, metrics=None))
+        if deployment.state != "ready":
+            self.close()
+            raise deployment.exception or RuntimeError(deployment.error)
+        self._plan = self._route.plan(Preferences())
+
+    @property
+    def recipe(self):
+        return self._route.recipe
+
+    @property
+    def engine(self):
+        return self._route.local.engine
 
     @property
     def dim(self) -> int:
@@ -46,9 +76,9 @@ class Embedder:
                **_harness_kwargs: Any) -> np.ndarray:
         """Embed ``texts``; returns ``[len(texts), dim]`` float32 (a single string gives ``[dim]``)."""
         single = isinstance(texts, str)
-        items = self.recipe.prepare_texts([texts] if single else list(texts), input_type=input_type,
-                                          instruction=instruction, truncate=truncate)
-        vectors = finish(self._run(items, progress), dimensions=dimensions, normalize=normalize)
+        call = self._route.prepare(texts=[texts] if single else list(texts), token_ids=None, input_type=input_type,
+                                   instruction=instruction, truncate=truncate)
+        vectors = finish(self._run(call.items, progress), dimensions=dimensions, normalize=normalize)
         return vectors[0] if single else vectors
 
     def encode_queries(self, queries: Sequence[str], **kwargs: Any) -> np.ndarray:
@@ -59,20 +89,41 @@ class Embedder:
         return self.encode(texts, input_type="document", **kwargs)
 
     def _run(self, items: list[PreparedInput], progress: Callable[[int], None] | None) -> np.ndarray:
-        out = np.empty((len(items), self.engine.dim), dtype=np.float32)
-        # Sort by length so the packing rule groups neighbours; results go back in order.
+        """Raw vectors for prepared items, in their order, through the route like any request."""
         order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
-        while order:
-            lengths = [len(items[i].token_ids) for i in order]
-            chosen = plan_batch(lengths, token_budget=self.engine.token_budget, window=len(order))
-            batch_ids = [order[c] for c in chosen]
-            batch = pack([items[i].token_ids for i in batch_ids], [items[i].pool_start for i in batch_ids])
-            out[batch_ids] = self.engine.embed(batch)
-            picked = set(chosen)
-            order = [i for k, i in enumerate(order) if k not in picked]
+        jobs = list(iter_batches(order, _JOB_INPUTS))
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+
+        async def one(indices: list[int]) -> None:
+            chosen = [items[i] for i in indices]
+            call = EmbedCall(texts=None, token_ids=[c.token_ids for c in chosen], items=chosen,
+                             tokens=sum(len(c.token_ids) for c in chosen), interactive=False)
+            routed = await self._route.run(self._plan, call, deadline=math.inf)
+            out[indices] = routed.result.vectors
             if progress:
-                progress(len(batch_ids))
+                progress(len(indices))
+
+        async def all_jobs() -> None:
+            await asyncio.gather(*(one(indices) for indices in jobs))
+
+        self._wait(all_jobs())
         return out
+
+    def _wait(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Stop the model's scheduler and the private loop (also done when the process exits)."""
+        if self._loop.is_running():
+            self._wait(self._router.stop())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _find(settings: Settings, name: str) -> ModelConfig:
@@ -99,3 +150,6 @@ def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+__all__ = ["Embedder"]

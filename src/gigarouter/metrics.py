@@ -30,3 +30,12 @@ class Metrics:
                                ["model"], registry=r)
         self.rejected = Counter("gigarouter_rejected_requests", "Requests refused because the queue was full",
                                 ["model"], registry=r)
+        # The router: per model and provider.
+        self.provider_requests = Counter("gigarouter_provider_requests", "Provider calls by model, provider and "
+                                         "outcome (ok or error)", ["model", "provider", "outcome"], registry=r)
+        self.provider_failovers = Counter("gigarouter_provider_failovers", "Requests moved to the next provider "
+                                          "after this one failed", ["model", "provider"], registry=r)
+        self.provider_seconds = Histogram("gigarouter_provider_seconds", "Time a provider took to answer",
+                                          ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.usage_disagreements = Counter("gigarouter_usage_disagreements", "Responses whose upstream usage "
+                                           "differs from our token count", ["model", "provider"], registry=r)

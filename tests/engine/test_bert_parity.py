@@ -7,7 +7,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from gigarouter import Embedder
-from gigarouter.engine.factory import embedded_model_dir
+from gigarouter.engine.sources import embedded_model_dir
 
 TEXTS = [
     "a",

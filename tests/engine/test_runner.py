@@ -84,7 +84,7 @@ def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all
 
 
 def test_parallel_batches_on_the_real_model_give_the_vectors_of_serial_ones(minilm_recipe):
-    from gigarouter.engine.factory import load_model
+    from gigarouter.providers.local.loading import load_model
     from gigarouter.settings import Settings, default_model
 
     _recipe, real = load_model(default_model(), Settings(cpu_parallel_batches=2), progress=False)

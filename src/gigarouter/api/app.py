@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,8 +13,9 @@ from gigarouter.accounts.service import build_gate
 from gigarouter.api.errors import install_error_handlers
 from gigarouter.api.middleware import RequestContextMiddleware
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
-from gigarouter.catalog.registry import ModelLoader, ModelRegistry
 from gigarouter.metrics import Metrics
+from gigarouter.providers.local.deployment import ModelLoader
+from gigarouter.router.router import Router
 from gigarouter.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,20 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     or open access on loopback with no keys); a gate passed in is started here.
     """
     settings = settings or Settings()
-    if loader is None:
-        from gigarouter.engine.factory import load_model as loader
+    if loader is None and settings.models:   # a pure gateway (only [[providers]]) never imports torch
+        from gigarouter.providers.local.loading import load_model as loader
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gate = await _start_gate(settings, gate)
-        registry = ModelRegistry(settings, loader, metrics)
-        app.state.registry = registry
-        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        models = Router(settings, loader=loader, metrics=metrics)
+        app.state.router = models
+        await models.start()           # loads local models and probes providers in the background
         try:
             yield
         finally:
-            loading.cancel()
-            await registry.stop()       # finishes admitted work before the process exits
+            await models.stop()        # finishes admitted work before the process exits
             await app.state.gate.close()
 
     app = FastAPI(title="gigarouter", version="0.1.0", lifespan=lifespan,

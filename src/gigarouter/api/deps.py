@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gigarouter.accounts.gate import Gate
-from gigarouter.catalog.registry import ModelRegistry
 from gigarouter.errors import InvalidRequest, PayloadTooLarge
 from gigarouter.metrics import Metrics
+from gigarouter.router.router import Router
 from gigarouter.settings import Settings
 
 
@@ -18,8 +18,8 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+def get_router(request: Request) -> Router:
+    return request.app.state.router
 
 
 def get_gate(request: Request) -> Gate:
@@ -53,7 +53,7 @@ async def read_json_body(request: Request) -> Any:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+RouterDep = Annotated[Router, Depends(get_router)]
 GateDep = Annotated[Gate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JsonBody = Annotated[Any, Depends(read_json_body)]

@@ -16,7 +16,7 @@ ENCODING_FORMATS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
 TRUNCATE_MODES = ("end", "start", "none")
 KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user",
-                "input_type", "instruction", "truncate", "normalize"}
+                "input_type", "instruction", "truncate", "normalize", "provider"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class EmbeddingRequest:
     instruction: str | None = None
     truncate: str = "end"
     normalize: bool = True
+    provider: Any = None               # OpenRouter's provider preferences, checked by router.preferences
 
     @property
     def count(self) -> int:
@@ -59,6 +60,7 @@ def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
         instruction=_string(body, "instruction"),
         truncate=_choice(body, "truncate", TRUNCATE_MODES, "end"),
         normalize=_bool(body, "normalize", True),
+        provider=body.get("provider"),
     )
 
 

@@ -66,7 +66,7 @@ class CompareOptions:
 
 
 def run_compare(opts: CompareOptions, *, command: str = "", log=print) -> dict:
-    from gigarouter.engine.factory import embedded_model_dir
+    from gigarouter.engine.sources import embedded_model_dir
 
     t_start = time.perf_counter()
     model_dir = embedded_model_dir()

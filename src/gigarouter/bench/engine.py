@@ -153,7 +153,7 @@ def fixed_sequences(bm: BenchModel, length: int, *, token_budget: int, seed: int
 
 def mixed_sequences(bm: BenchModel, *, corpus_size: int, seed: int) -> tuple[list[list[int]], str]:
     """The mixed corpus as token ids: the real tokenizer for minilm, its lengths with random ids otherwise."""
-    from gigarouter.engine.factory import embedded_model_dir
+    from gigarouter.engine.sources import embedded_model_dir
 
     corpus = mixed_corpus(corpus_size, seed=seed)
     if bm.shape == "minilm":

@@ -87,7 +87,7 @@ def build(shape: str, *, device: str = "auto", dtype: str = "auto", token_budget
 
 
 def _minilm(*, device: str, dtype: str, token_budget: int | None) -> BenchModel:
-    from gigarouter.engine.factory import load_model
+    from gigarouter.providers.local.loading import load_model
     from gigarouter.settings import Settings, default_model
 
     config = dataclasses.replace(default_model(), device=device, dtype=dtype, token_budget=token_budget)

@@ -1,8 +1,9 @@
-"""What the catalog pages show, computed from the cards (in memory) and this server's deployments.
+"""What the catalog pages show, computed from the cards (in memory) and this server's routes.
 
-A model is "live" only when a deployment of its card is ready in this server;
-its "API providers" count is the number of such ready deployments. Everything
-here is pure: the routes pass in the cards, the registry and the vote counts.
+A model is "live" when a route for its card has a provider that can serve it
+now; its "API providers" count is the number of healthy providers whose vectors
+match the route's reference. Everything here is pure: the routes pass in the
+cards, the router and the vote counts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.catalog.registry import Deployment, ModelRegistry
+from gigarouter.router.route import Binding, Route
+from gigarouter.router.router import Router
 
 LIVE = "live"
 COMING_SOON = "coming soon"
@@ -29,9 +31,10 @@ SORTS = {
 class ModelView:
     card: ModelCard
     status: str                 # LIVE | COMING_SOON
-    providers: int              # ready deployments serving this card
+    providers: int              # healthy, matching providers serving this card
     served_name: str            # the `model` value a client sends
     votes: int = 0
+    provider_rows: tuple[Binding, ...] = ()   # every provider of its route, whatever its state
 
     @property
     def slug(self) -> str:
@@ -42,20 +45,29 @@ class ModelView:
         return self.status == LIVE
 
 
-def ready_deployments(registry: ModelRegistry | None, card: ModelCard) -> list[Deployment]:
-    if registry is None:
+def live_route(router: Router | None, card: ModelCard) -> Route | None:
+    """The route serving this card with a provider that can answer now, if any."""
+    routes = route_of(router, card)
+    return next((r for r in routes if r.healthy()), None)
+
+
+def route_of(router: Router | None, card: ModelCard) -> list[Route]:
+    if router is None:
         return []
-    return [d for d in registry.deployments if d.state == "ready" and d.card is not None and d.card.slug == card.slug]
+    return [r for r in router.routes if r.card is not None and r.card.slug == card.slug]
 
 
-def view(card: ModelCard, registry: ModelRegistry | None, votes: Mapping[str, int]) -> ModelView:
-    ready = ready_deployments(registry, card)
-    return ModelView(card=card, status=LIVE if ready else COMING_SOON, providers=len(ready),
-                     served_name=ready[0].name if ready else card.slug, votes=votes.get(card.slug, 0))
+def view(card: ModelCard, router: Router | None, votes: Mapping[str, int]) -> ModelView:
+    routes = route_of(router, card)
+    live = next((r for r in routes if r.healthy()), None)
+    return ModelView(card=card, status=LIVE if live else COMING_SOON,
+                     providers=sum(len(r.healthy()) for r in routes),
+                     served_name=live.name if live else card.slug, votes=votes.get(card.slug, 0),
+                     provider_rows=tuple(b for r in routes for b in r.bindings))
 
 
-def views(cards: Iterable[ModelCard], registry: ModelRegistry | None, votes: Mapping[str, int]) -> list[ModelView]:
-    return [view(card, registry, votes) for card in cards]
+def views(cards: Iterable[ModelCard], router: Router | None, votes: Mapping[str, int]) -> list[ModelView]:
+    return [view(card, router, votes) for card in cards]
 
 
 @dataclass(frozen=True)
@@ -153,11 +165,11 @@ def spec_rows(card: ModelCard) -> list[tuple[str, str]]:
     return list(rows.items())
 
 
-def example_model(registry: ModelRegistry | None) -> str:
-    """A model name for examples: the first live deployment, else the embedded default."""
+def example_model(router: Router | None) -> str:
+    """A model name for examples: the first live route, else the embedded default."""
     from gigarouter.settings import DEFAULT_MODEL_NAME
 
-    for dep in registry.deployments if registry else ():
-        if dep.state == "ready":
-            return dep.name
+    for route in router.routes if router else ():
+        if route.healthy():
+            return route.name
     return DEFAULT_MODEL_NAME

@@ -1,7 +1,7 @@
 """Try-it: embed two short texts with a live model and return their cosine similarity.
 
-Runs server-side, on the model's own recipe and scheduler (interactive lane),
-so the browser never needs an API key. Who may use it: a signed-in user, or
+Runs server-side through the router, like an API request (default provider
+choice, interactive lane), so the browser never needs an API key. Who may use it: a signed-in user, or
 anyone when the server is open (the gate lets unauthenticated requests embed,
 as in loopback mode). It is free and not metered, so it is held small: two
 texts of at most ``TRY_MAX_CHARS`` characters, ``TRY_PER_MINUTE`` tries per
@@ -10,7 +10,9 @@ user (or client address), and only the similarity comes back, never vectors.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,10 +20,10 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.catalog.registry import Deployment
 from gigarouter.errors import GigarouterError
 from gigarouter.pooling.encoding import finish
-from gigarouter.recipes.base import PreparedInput
+from gigarouter.router.preferences import Preferences
+from gigarouter.router.route import Route
 from gigarouter.web import catalog
 from gigarouter.web.context import WebContext
 from gigarouter.web.errors import WebError
@@ -69,8 +71,8 @@ async def read_fields(request: Request) -> dict[str, str]:
 
 async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: str, b: str,
                      mode: str) -> dict[str, Any]:
-    deployments = catalog.ready_deployments(getattr(request.app.state, "registry", None), card)
-    if not deployments:
+    route = catalog.live_route(getattr(request.app.state, "router", None), card)
+    if route is None:
         raise WebError(409, "Not live", f"{card.display_name} is not live on this server yet.")
     if await try_access(request, web) != "ok":
         raise WebError(401, "Sign in", "Sign in to try models.")
@@ -82,22 +84,20 @@ async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: s
     if not _limiter(request).allow(who):
         raise WebError(429, "Slow down", f"Try-it allows {TRY_PER_MINUTE} comparisons a minute; wait a moment.")
     started = time.perf_counter()
-    dep = deployments[0]
+    deadline = time.monotonic() + request.app.state.settings.request_timeout_s
+    query_type = "query" if mode == "query-document" else "document"
     try:
-        items = await run_in_threadpool(_prepare, dep, a, b, mode)
-        job = await dep.scheduler.submit(items, interactive=True)
-        vectors = finish(await job.future, dimensions=None, normalize=True)
+        (va, ta), (vb, tb) = await asyncio.gather(_embed(route, a, query_type, deadline),
+                                                  _embed(route, b, "document", deadline))
     except GigarouterError as exc:
         raise WebError(exc.status, "Could not embed", exc.message) from None
-    # vectors: [2, dim], unit length, so the dot product is the cosine similarity
-    similarity = float(np.dot(vectors[0], vectors[1]))
-    return {"similarity": round(similarity, 6), "tokens": sum(len(i.token_ids) for i in items),
-            "ms": round((time.perf_counter() - started) * 1000, 1), "model": dep.name}
+    # va, vb: [1, dim] unit vectors, so the dot product is the cosine similarity
+    similarity = float(np.dot(va[0], vb[0]))
+    return {"similarity": round(similarity, 6), "tokens": ta + tb,
+            "ms": round((time.perf_counter() - started) * 1000, 1), "model": route.name}
 
 
-def _prepare(dep: Deployment, a: str, b: str, mode: str) -> list[PreparedInput]:
-    kwargs = dict(instruction=None, truncate="end")
-    if mode == "query-document":
-        return (dep.recipe.prepare_texts([a], input_type="query", **kwargs)
-                + dep.recipe.prepare_texts([b], input_type="document", **kwargs))
-    return dep.recipe.prepare_texts([a, b], input_type="document", **kwargs)
+async def _embed(route: Route, text: str, input_type: str, deadline: float) -> tuple[np.ndarray, int]:
+    call = await run_in_threadpool(partial(route.prepare, texts=[text], token_ids=None, input_type=input_type))
+    routed = await route.run(route.plan(Preferences()), call, deadline=deadline)
+    return finish(routed.result.vectors, dimensions=None, normalize=True), call.tokens

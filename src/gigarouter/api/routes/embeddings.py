@@ -1,26 +1,30 @@
-"""POST /v1/embeddings: authenticate, validate, tokenize, meter, schedule, encode."""
+"""POST /v1/embeddings: authenticate, validate, route, tokenize once, meter, embed, answer."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from functools import partial
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.accounts.gate import Charge, Gate
 from gigarouter.accounts.idempotency import fingerprint
-from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RegistryDep, SettingsDep
+from gigarouter.accounts.metering import metered
+from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RouterDep, SettingsDep
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
-from gigarouter.catalog.registry import Deployment
 from gigarouter.errors import InvalidRequest
+from gigarouter.metrics import Metrics
 from gigarouter.pooling.encoding import finish, to_base64
-from gigarouter.recipes.base import PreparedInput
-from gigarouter.scheduler.queue import Job, Scheduler
+from gigarouter.providers.base import EmbedCall
+from gigarouter.router.preferences import parse_preferences
+from gigarouter.router.route import Route, Routed
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 #: Responses with more floats than this are serialised off the event loop.
 _INLINE_FLOATS = 64 * 1024
@@ -29,79 +33,101 @@ _DISCONNECT_POLL_SECONDS = 0.25
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(request: Request, body: JsonBody, settings: SettingsDep, registry: RegistryDep,
+async def create_embeddings(request: Request, body: JsonBody, settings: SettingsDep, models: RouterDep,
                             gate: GateDep, metrics: MetricsDep) -> Response:
     started = time.perf_counter()
+    deadline = time.monotonic() + settings.request_timeout_s
     principal = await gate.authenticate(request.headers.get("authorization"), scope="embed")
+    req = parse_embedding_request(body, max_inputs=settings.max_inputs)     # before any slot is claimed
     key = request.headers.get("idempotency-key")
-    async with gate.idempotency(principal, key, fingerprint(body)) as slot:
+    async with gate.idempotency(principal, key, fingerprint(body) if key is not None else "") as slot:
         if slot.replay is not None:  # a retry: the first answer again, not charged again
             return Response(slot.replay.body, status_code=slot.replay.status, media_type="application/json",
                             headers={"Idempotent-Replayed": "true"})
         await gate.check_rate(principal, tokens=0)
-        req = parse_embedding_request(body, max_inputs=settings.max_inputs)
-        dep = registry.lookup(req.model)
-        request.state.model = dep.name
-        _check_dimensions(req, dep)
+        route, suffix_sort = models.route(req.model)
+        request.state.model = route.name
+        plan = route.plan(parse_preferences(req.provider, suffix_sort=suffix_sort))
+        _check_dimensions(req.dimensions, route.dim)
         tokenize_started = time.perf_counter()
-        items = await run_in_threadpool(_prepare, dep, req)
+        call = await run_in_threadpool(partial(
+            route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
+            instruction=req.instruction, truncate=req.truncate, interactive_max_tokens=settings.interactive_max_tokens))
         tokenized = time.perf_counter()
-        tokens = sum(len(item.token_ids) for item in items)
-        rate_headers = await gate.check_rate(principal, tokens=tokens)
-        charge = await gate.reserve(principal, model=dep.name, tokens=tokens, idempotency=slot,
-                                    price_per_million_usd=dep.price_per_million_usd,
-                                    request_id=request.state.request_id)
-        job, vectors = await _compute(request, gate, charge, dep, items, settings.interactive_max_tokens)
-        if vectors is None:  # the client left: nothing to send, nothing charged
-            return Response(status_code=499)
-        payload = _payload(req, dep, vectors, tokens)
-        content = await run_in_threadpool(_dumps, payload) if vectors.size > _INLINE_FLOATS else _dumps(payload)
-        await gate.settle(charge, status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content)
-    timings = {"tokenize": tokenized - tokenize_started, "queue": job.queue_seconds, "inference": job.infer_seconds}
-    _observe(metrics, dep.name, tokens, timings)
-    headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()}}
+        rate_headers = await gate.check_rate(principal, tokens=call.tokens)
+        async with metered(gate, principal, model=route.name, tokens=call.tokens,
+                           price_per_million_usd=plan.max_price_per_million_usd,
+                           request_id=request.state.request_id, idempotency=slot) as meter:
+            routed = await _until_disconnect(request, route.run(plan, call, deadline=deadline, metrics=metrics))
+            if routed is None:  # the client left: nothing to send; leaving unsettled refunds
+                return Response(status_code=499)
+            _check_dimensions(req.dimensions, routed.result.vectors.shape[1])
+            tokens = _billed_tokens(call, routed, route.name, metrics)
+            payload = _payload(req, route.name, routed.result.vectors, tokens)
+            content = await run_in_threadpool(_dumps, payload) if routed.result.vectors.size > _INLINE_FLOATS \
+                else _dumps(payload)
+            await meter.settle(status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
+                               price_per_million_usd=routed.binding.price_per_million_usd, tokens=tokens,
+                               provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens)
+    timings = {"tokenize": tokenized - tokenize_started, **routed.result.timings}
+    _observe(metrics, route.name, tokens, timings)
+    headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()},
+               "x-gigarouter-provider": routed.binding.name}
+    if route.fingerprint:
+        headers["x-gigarouter-fingerprint"] = route.fingerprint
+    if routed.result.replica:
+        headers["x-gigarouter-replica"] = routed.result.replica
     return Response(content, media_type="application/json", headers=headers)
 
 
-async def _compute(request: Request, gate: Gate, charge: Charge, dep: Deployment, items: list[PreparedInput],
-                   interactive_max_tokens: int) -> tuple[Job | None, np.ndarray | None]:
-    """Schedule the work; refund the reservation if it fails or the client leaves."""
-    tokens = charge.tokens
+async def _until_disconnect(request: Request, work) -> Routed | None:
+    """The routed answer, or None if the client disconnected first (its work is then cancelled)."""
+    task = asyncio.ensure_future(work)
     try:
-        job = await dep.scheduler.submit(items, interactive=tokens <= interactive_max_tokens)
-        vectors = await _wait(request, dep.scheduler, job)
-    except BaseException as exc:
-        await gate.refund(charge, status=getattr(exc, "status", 500))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return None
+    except BaseException:
+        task.cancel()
         raise
-    if vectors is None:
-        await gate.refund(charge, status=499)
-    return job, vectors
 
 
-def _check_dimensions(req: EmbeddingRequest, dep: Deployment) -> None:
-    if req.dimensions is not None and req.dimensions > dep.engine.dim:
-        raise InvalidRequest(f"dimensions={req.dimensions} exceeds the model's {dep.engine.dim}", param="dimensions")
+def _check_dimensions(dimensions: int | None, width: int | None) -> None:
+    if dimensions is not None and width is not None and dimensions > width:
+        raise InvalidRequest(f"dimensions={dimensions} exceeds the model's {width}", param="dimensions")
 
 
-def _prepare(dep: Deployment, req: EmbeddingRequest) -> list[PreparedInput]:
-    kwargs = dict(input_type=req.input_type, instruction=req.instruction, truncate=req.truncate)
-    if req.texts is not None:
-        return dep.recipe.prepare_texts(req.texts, **kwargs)
-    return dep.recipe.prepare_token_ids(req.token_ids, **kwargs)
+def _billed_tokens(call: EmbedCall, routed: Routed, model: str, metrics: Metrics) -> int:
+    """Our own count where we have the tokenizer; else the upstream's, never above what was reserved."""
+    upstream = routed.result.upstream_tokens
+    if call.exact_tokens:
+        if upstream is not None and upstream != call.tokens:
+            metrics.usage_disagreements.labels(model, routed.binding.name).inc()
+            log.info("model %s: provider %s reported %d tokens, we counted %d", model, routed.binding.name,
+                     upstream, call.tokens)
+        return call.tokens
+    if upstream is None or upstream < 1:
+        metrics.usage_disagreements.labels(model, routed.binding.name).inc()
+        return _typical_tokens(call)
+    if upstream > call.tokens:
+        log.warning("model %s: provider %s reported %d tokens, above the bound %d; billing the bound", model,
+                    routed.binding.name, upstream, call.tokens)
+    return min(upstream, call.tokens)
 
 
-async def _wait(request: Request, scheduler: Scheduler, job: Job) -> np.ndarray | None:
-    """The job's vectors, or None if the client disconnected first (its work is then dropped)."""
-    while True:
-        done, _ = await asyncio.wait({job.future}, timeout=_DISCONNECT_POLL_SECONDS)
-        if done:
-            return job.future.result()
-        if await request.is_disconnected():
-            scheduler.cancel(job)
-            return None
+def _typical_tokens(call: EmbedCall) -> int:
+    """No count from anyone (an upstream without usage): about four bytes a token, as BPE vocabularies average."""
+    if call.texts is None:
+        return call.tokens
+    return max(call.count, min(call.tokens, sum(-(-len(t.encode()) // 4) + 2 for t in call.texts)))
 
 
-def _payload(req: EmbeddingRequest, dep: Deployment, vectors: np.ndarray, tokens: int) -> dict:
+def _payload(req: EmbeddingRequest, model: str, vectors: np.ndarray, tokens: int) -> dict:
     vectors = finish(vectors, dimensions=req.dimensions, normalize=req.normalize)
     if req.encoding_format == "base64":
         encode = to_base64
@@ -113,7 +139,7 @@ def _payload(req: EmbeddingRequest, dep: Deployment, vectors: np.ndarray, tokens
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
-        "model": dep.name,
+        "model": model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
@@ -122,8 +148,7 @@ def _dumps(payload: dict) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _observe(metrics, model: str, tokens: int, timings: dict[str, float]) -> None:
+def _observe(metrics: Metrics, model: str, tokens: int, timings: dict[str, float]) -> None:
     metrics.tokens.labels(model).inc(tokens)
     for stage, seconds in timings.items():
         metrics.stage_seconds.labels(stage, model).observe(seconds)
-

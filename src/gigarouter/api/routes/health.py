@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gigarouter.api.deps import MetricsDep, RegistryDep
+from gigarouter.api.deps import MetricsDep, RouterDep
 from gigarouter.api.errors import error_response
 
 router = APIRouter()
@@ -19,18 +19,29 @@ async def health() -> dict:
 
 
 @router.get("/ready")
-async def ready(registry: RegistryDep) -> Response:
-    """200 once every configured model is loaded, warmed up and its device answers."""
+async def ready(models: RouterDep) -> Response:
+    """200 once every local model is loaded and warmed up, its device answers, and every route was probed.
+
+    A route whose remote providers are all down does not hold readiness back (this
+    server can still serve the others); its state is in the body and in /v1/models.
+    """
     states = {}
-    for dep in registry.deployments:
-        state = dep.state
-        if state == "failed":
+    for route in models.routes:
+        dep = route.local
+        if dep is not None and dep.state == "failed":
             state = f"failed: {dep.error}"
-        elif state == "ready" and not dep.engine.health():
+        elif dep is not None and dep.state != "ready":
+            state = dep.state
+        elif dep is not None and not dep.engine.health():
             state = "device not answering"
-        states[dep.name] = state
+        elif not route.probed:
+            state = "probing providers"
+        else:
+            state = "ready"
+        states[route.name] = state
     if all(state == "ready" for state in states.values()):
-        return JSONResponse({"status": "ready", "models": states})
+        providers = {r.name: {b.name: b.state for b in r.bindings} for r in models.routes}
+        return JSONResponse({"status": "ready", "models": states, "providers": providers})
     waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")
     return error_response(503, f"not ready: {waiting}", type="server_error", code="not_ready")
 

@@ -1,50 +1,70 @@
-"""GET /v1/models and /v1/models/{id}: OpenAI's list shape plus catalog fields."""
+"""GET /v1/models and /v1/models/{id}: OpenAI's list shape plus catalog fields and providers."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from gigarouter.api.deps import RegistryDep
+from gigarouter.api.deps import RouterDep
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.catalog.registry import Deployment
 from gigarouter.errors import ModelNotFound
+from gigarouter.router.route import Binding, Route
 
 router = APIRouter()
 _CREATED = 1_700_000_000  # OpenAI requires an int; our models have no creation time of their own
 
 
 @router.get("/v1/models")
-async def list_models(registry: RegistryDep) -> dict:
-    data = [_deployment_entry(d) for d in registry.deployments]
-    data += [_card_entry(c, status="coming_soon") for c in registry.catalog_only()]
+async def list_models(models: RouterDep) -> dict:
+    data = [route_entry(r) for r in models.routes]
+    data += [_card_entry(c, status="coming_soon") for c in models.catalog_only()]
     return {"object": "list", "data": data}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, registry: RegistryDep) -> dict:
-    for entry in (await list_models(registry))["data"]:
+async def get_model(model_id: str, models: RouterDep) -> dict:
+    for entry in (await list_models(models))["data"]:
         if model_id.lower() in (n.lower() for n in (entry["id"], *entry["aliases"])):
             return entry
     raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")
 
 
-def _deployment_entry(dep: Deployment) -> dict:
-    status = {"ready": "live", "loading": "loading", "failed": "failed"}[dep.state]
-    base = _card_entry(dep.card, status=status) if dep.card else {"license": None, "price_per_million_usd": None,
-                                                                   "hub_id": None, "display_name": dep.name}
+def route_status(route: Route) -> str:
+    """live (a provider can serve it now) | loading | failed | down (every provider is down or mismatched)."""
+    if route.healthy():
+        return "live"
+    if route.local is not None and route.local.state in ("loading", "failed"):
+        return route.local.state
+    return "loading" if not route.probed else "down"
+
+
+def route_entry(route: Route) -> dict:
+    status = route_status(route)
+    base = _card_entry(route.card, status=status) if route.card else {"license": None, "hub_id": None,
+                                                                      "display_name": route.name}
+    healthy = route.healthy()
     base.update({
-        "id": dep.name,
+        "id": route.name,
         "object": "model",
         "created": _CREATED,
         "owned_by": "gigarouter",
-        "aliases": list(dep.aliases),
-        "recipe": dep.config.recipe,
+        "aliases": list(route.aliases),
+        "recipe": route.local.config.recipe if route.local is not None else (route.card.recipe if route.card else None),
         "status": status,
-        "price_per_million_usd": dep.price_per_million_usd,
-        "dimensions": dep.engine.dim if dep.engine else (dep.card.dimensions if dep.card else None),
-        "max_tokens": dep.recipe.max_tokens if dep.recipe else (dep.card.max_tokens if dep.card else None),
+        # The cheapest provider that can serve it now (what a default request pays).
+        "price_per_million_usd": min((b.price_per_million_usd for b in healthy or route.bindings), default=None),
+        "dimensions": route.dim,
+        "max_tokens": route.max_tokens,
+        "fingerprint": route.fingerprint,
+        "providers": [provider_entry(b) for b in route.bindings],
     })
     return base
+
+
+def provider_entry(binding: Binding) -> dict:
+    return {"name": binding.name, "kind": binding.kind, "state": binding.state,
+            "price_per_million_usd": binding.price_per_million_usd,
+            "p50_latency_ms": binding.health.p50_latency_ms(), "uptime": binding.health.uptime(),
+            "fingerprint": binding.fingerprint}
 
 
 def _card_entry(card: ModelCard, *, status: str) -> dict:

@@ -89,7 +89,7 @@ async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     account = await accounts.account(user)
     return render(request, "signup_done.html", {"key": key, "account": account, "credit": credit,
                                                 "base_url": str(request.base_url).rstrip("/"),
-                                                "model": example_model(getattr(request.app.state, "registry", None))})
+                                                "model": example_model(getattr(request.app.state, "router", None))})
 
 
 @router.get("/signin")

@@ -30,8 +30,8 @@ async def my_votes(web: WebContext) -> set[str]:
     return await run_in_threadpool(store.votes_of, web.user.id)
 
 
-def registry(request: Request):
-    return getattr(request.app.state, "registry", None)
+def router_of(request: Request):
+    return getattr(request.app.state, "router", None)
 
 
 @router.get("/")
@@ -42,7 +42,7 @@ async def home() -> RedirectResponse:
 @router.get("/models")
 async def models_page(request: Request, web: WebDep, status: str | None = None, license: str | None = None,
                       task: str | None = None, sort: str | None = None) -> HTMLResponse:
-    everything = catalog.views(load_cards().values(), registry(request), await vote_counts(web))
+    everything = catalog.views(load_cards().values(), router_of(request), await vote_counts(web))
     filters = catalog.Filters.parse(status=status, license=license, task=task, sort=sort)
     return render(request, "models.html", {
         "models": catalog.select(everything, filters), "total": len(everything), "filters": filters,
@@ -70,11 +70,11 @@ async def render_model(request: Request, web: WebContext, card: ModelCard, *, tr
                        status_code: int = 200) -> HTMLResponse:
     cards = load_cards()
     votes = await vote_counts(web)
-    model = catalog.view(card, registry(request), votes)
+    model = catalog.view(card, router_of(request), votes)
     base_url = str(request.base_url).rstrip("/")
     return render(request, "model.html", {
         "m": model, "card": card, "voted": card.slug in await my_votes(web),
-        "related": catalog.views(catalog.related(card, cards), registry(request), votes),
+        "related": catalog.views(catalog.related(card, cards), router_of(request), votes),
         "compare_url": "/compare?models=" + ",".join([card.slug, *(c.slug for c in catalog.related(card, cards))]),
         "curl": snippets.curl(card, model=model.served_name, base_url=base_url),
         "python": snippets.python(card, model=model.served_name, base_url=base_url),
@@ -91,7 +91,7 @@ async def compare_page(request: Request, web: WebDep,
     if not chosen:
         chosen = list(cards.values())
     votes = await vote_counts(web)
-    shown = catalog.views(chosen, registry(request), votes)
+    shown = catalog.views(chosen, router_of(request), votes)
     columns = catalog.benchmark_columns(list(cards.values()))
     scores = {m.slug: catalog.benchmark_scores(m.card, cards.values()) for m in shown}
     columns = [c for c in columns if any(c in s for s in scores.values())]

@@ -54,7 +54,7 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
                                    title=f"Tokens per model, last {USAGE_DAYS} days",
                                    desc="; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."),
         "base_url": str(request.base_url).rstrip("/"),
-        "model": example_model(getattr(request.app.state, "registry", None)),
+        "model": example_model(getattr(request.app.state, "router", None)),
     }, status_code=status_code)
 
 

@@ -2,11 +2,11 @@
 
 Resolution (Hub or directory, adapter chains) is ``engine/sources.py``; building
 and loading the torch model is ``engine/build.py``; the recipe comes from the
-same directories, with the card's instructions.
+same directories, with the card's instructions. This module joins them: the
+engine itself never builds recipes or reads cards.
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -14,7 +14,7 @@ from gigarouter.catalog.cards import find_card
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_parallel_batches,
                                       default_token_budget, resolve_device, resolve_dtype)
-from gigarouter.engine.sources import ResolvedCheckpoint, embedded_model_dir, resolve_checkpoint
+from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings
 
@@ -43,5 +43,3 @@ def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     return budget_from_memory(free_bytes=free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
                               dtype_bytes=torch.finfo(dtype).bits // 8, max_seq_len=recipe.max_tokens)
 
-
-__all__ = ["ResolvedCheckpoint", "embedded_model_dir", "load_model"]
