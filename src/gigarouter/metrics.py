@@ -30,3 +30,6 @@ class Metrics:
                                ["model"], registry=r)
         self.rejected = Counter("gigarouter_rejected_requests", "Requests refused because the queue was full",
                                 ["model"], registry=r)
+        self.out_of_memory = Counter("gigarouter_out_of_memory_batches",
+                                     "Forward passes the device ran out of memory on (a batch is retried in halves)",
+                                     ["model"], registry=r)
