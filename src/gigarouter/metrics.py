@@ -39,3 +39,6 @@ class Metrics:
                                           ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
         self.usage_disagreements = Counter("gigarouter_usage_disagreements", "Responses whose upstream usage "
                                            "differs from our token count", ["model", "provider"], registry=r)
+        self.out_of_memory = Counter("gigarouter_out_of_memory_batches",
+                                     "Forward passes the device ran out of memory on (a batch is retried in halves)",
+                                     ["model"], registry=r)

@@ -205,3 +205,54 @@ def test_unexpected_errors_become_500_with_request_id(fake_client_factory):
     assert r.status_code == 500
     assert "secret" not in r.text
     assert r.headers["x-request-id"] in r.json()["error"]["message"]
+
+
+def test_a_sequence_out_of_memory_alone_is_a_503_with_retry_after_and_its_batch_mates_succeed(fake_client_factory):
+    from gigarouter.errors import EngineOutOfMemory
+
+    class OutOfMemoryOver100(FakeEngine):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.attempts: list[list[int]] = []
+
+        def embed(self, batch, *, concurrent=False):
+            self.attempts.append(batch.lengths.tolist())
+            if batch.num_tokens > 100:
+                raise EngineOutOfMemory("does not fit")
+            return super().embed(batch, concurrent=concurrent)
+
+    gate = threading.Event()
+    engine = OutOfMemoryOver100(gate=gate)
+    client = fake_client_factory(engine)
+    results: dict[str, object] = {}
+
+    def call(name, text):
+        results[name] = client.post("/v1/embeddings", json={"model": MODEL, "input": text})
+
+    # The first request holds the device, so the next three wait and then share one batch.
+    texts = {"blocker": "first", "small": "hello there", "huge": "word " * 200, "other": "good morning"}
+    threads = [threading.Thread(target=call, args=item) for item in texts.items()]
+    threads[0].start()
+    assert engine.entered.wait(timeout=10)
+    for t in threads[1:]:
+        t.start()
+    _wait_for(lambda: _queued_sequences(client) == 3)
+    gate.set()
+    for t in threads:
+        t.join(timeout=30)
+
+    huge = results["huge"]
+    assert huge.status_code == 503 and int(huge.headers["retry-after"]) >= 1
+    assert huge.json()["error"]["code"] == "device_out_of_memory"
+    assert huge.json()["error"]["type"] == "server_error" and "message" in huge.json()["error"]
+    for name in ("blocker", "small", "other"):
+        assert results[name].status_code == 200, results[name].text
+        np.testing.assert_array_equal(vectors(results[name]), vectors(embed(client, input=texts[name])))  # alone
+    assert any(len(a) == 3 and max(a) > 100 for a in engine.attempts)   # the huge one did share a batch
+
+
+def _queued_sequences(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('gigarouter_queue_sequences{model="all-minilm-l6-v2"}'):
+            return float(line.split()[-1])
+    return 0.0

@@ -11,6 +11,7 @@ from torch import nn
 
 from gigarouter.engine.base import pack
 from gigarouter.engine.runner import PROCESS_THREADS, TorchEngine, budget_from_memory, default_parallel_batches
+from gigarouter.errors import EngineOutOfMemory
 from gigarouter.pooling.pooling import PoolingMode
 
 
@@ -47,6 +48,30 @@ def test_warmup_halves_the_budget_until_it_fits():
     e.warmup()
     assert e.token_budget == 16
     assert model.calls == [64, 32, 16]
+
+
+def test_torch_out_of_memory_becomes_engine_out_of_memory(monkeypatch):
+    model = Echo()
+    e = engine(model)
+
+    def forward(ids, cu):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(EngineOutOfMemory) as err:
+        e.embed(pack([[1, 2, 3], [4, 5]]))
+    assert not isinstance(err.value, torch.OutOfMemoryError)
+    assert err.value.status == 503 and err.value.code == "device_out_of_memory"
+    assert "5 tokens" in err.value.message and "GiB" not in err.value.message   # no torch internals
+    monkeypatch.undo()
+    np.testing.assert_allclose(e.embed(pack([[1, 2, 3]])), [[2.0, 14 / 3]])   # the engine still works after
+
+
+def test_warmup_gives_up_with_engine_out_of_memory_when_one_sequence_does_not_fit():
+    e = engine(Echo(fail_over_tokens=4), budget=64, max_len=8)
+    with pytest.raises(EngineOutOfMemory):
+        e.warmup()
+    assert e.token_budget == 8
 
 
 def test_budget_from_memory_scales_with_free_memory_and_rounds_to_whole_sequences():

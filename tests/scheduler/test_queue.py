@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from gigarouter.errors import NotReady, QueueFull
+from gigarouter.errors import EngineOutOfMemory, NotReady, QueueFull
+from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
 from gigarouter.scheduler.queue import Scheduler
 from tests.conftest import FakeEngine
@@ -260,3 +261,66 @@ def test_inference_time_counts_overlapping_batches_once():
     assert job.busy_seconds >= 0.03 * len(engine.batches)     # 30 ms batches
     assert job.infer_seconds < job.busy_seconds               # two ran at a time
     assert job.infer_seconds == pytest.approx(job.finished_at - job.started_at)
+
+
+class OutOfMemoryOver(FakeEngine):
+    """Runs out of device memory on any batch over ``limit`` tokens; ``attempts`` logs every try."""
+
+    def __init__(self, limit: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.limit = limit
+        self.attempts: list[list[int]] = []
+
+    def embed(self, batch, *, concurrent=False):
+        self.attempts.append(batch.lengths.tolist())
+        if batch.num_tokens > self.limit:
+            raise EngineOutOfMemory(f"{batch.num_tokens} tokens do not fit")
+        return super().embed(batch, concurrent=concurrent)
+
+
+def embed_together(engine, jobs: list[list[int]], metrics: Metrics | None = None) -> list:
+    """Submit jobs (each a list of lengths, every sequence's ids unique) before the loop runs, so they
+    share a first batch; each job's vectors, or the exception it failed with."""
+    def unique_items(j: int, lengths: list[int]) -> list[PreparedInput]:
+        return [PreparedInput(token_ids=list(range(1000 * j + 100 * i, 1000 * j + 100 * i + n)), pool_start=0)
+                for i, n in enumerate(lengths)]
+
+    async def main():
+        sched = Scheduler(engine, model="m", token_budget=1000, max_queued_tokens=10_000, metrics=metrics)
+        sched.start()
+        submitted = [await sched.submit(unique_items(j, lengths), interactive=False)
+                     for j, lengths in enumerate(jobs)]
+        await asyncio.gather(*(job.future for job in submitted), return_exceptions=True)
+        await sched.stop()
+        return [job.future.exception() or job.future.result() for job in submitted]
+
+    return run(main())
+
+
+def test_a_batch_out_of_memory_is_split_in_halves_and_every_job_gets_its_own_vectors():
+    jobs = [[10, 20], [15], [5, 5, 5], [20]]
+    expected = embed_together(FakeEngine(), jobs)
+    engine, metrics = OutOfMemoryOver(limit=25), Metrics()
+    got = embed_together(engine, jobs, metrics)
+    assert len(engine.attempts[0]) == 7                     # all rode the first batch, which failed
+    assert all(b.num_tokens <= 25 for b in engine.batches)   # the halves that ran
+    assert sum(b.num_sequences for b in engine.batches) == 7  # each sequence ran exactly once
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(have, want)
+    failed_passes = len(engine.attempts) - len(engine.batches)
+    counted = metrics.registry.get_sample_value("gigarouter_out_of_memory_batches_total", {"model": "m"})
+    assert failed_passes > 0 and counted == failed_passes
+
+
+def test_a_sequence_out_of_memory_alone_fails_only_its_job_with_a_503_and_retry_after():
+    jobs = [[10, 20], [40], [5], [6, 50]]
+    expected = embed_together(FakeEngine(), jobs)
+    engine = OutOfMemoryOver(limit=25)
+    got = embed_together(engine, jobs)
+    for lone in (got[1], got[3]):
+        assert isinstance(lone, EngineOutOfMemory)
+        assert lone.status == 503 and lone.code == "device_out_of_memory"
+        assert lone.retry_after >= 1 and int(lone.headers["Retry-After"]) >= 1
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert [50] in engine.attempts and [40] in engine.attempts   # each was tried alone before it failed

@@ -1,7 +1,9 @@
 """``TorchEngine``: a torch model plus its pooling behind the narrow Engine interface.
 
 ``embed`` runs on the scheduler's device thread; it is the only place that
-moves a packed batch onto the device and a pooled result off it.
+moves a packed batch onto the device and a pooled result off it, and the
+boundary where torch's out-of-memory becomes ``EngineOutOfMemory``, so nothing
+above the engine sees a torch exception.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from gigarouter.engine.base import PackedBatch, pack
+from gigarouter.errors import EngineOutOfMemory
 from gigarouter.pooling.pooling import PoolingMode, pool
 
 # On CPU, throughput peaks near 1024 tokens per pass (docs/benchmarks.md, budget sweep):
@@ -88,13 +91,21 @@ class TorchEngine:
     def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
         if self.device.type == "cpu":
             self._use_threads(self._shared_threads if concurrent else PROCESS_THREADS)
-        with torch.inference_mode():
-            ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
-            cu = torch.from_numpy(batch.cu_seqlens).to(self.device, non_blocking=True)
-            starts = torch.from_numpy(batch.pool_starts).to(self.device, non_blocking=True)
-            hidden = self.model(ids, cu)                          # [T, hidden]
-            pooled = pool(hidden, cu, starts, self.pooling)       # [n, hidden] float32
-            return pooled.cpu().numpy()
+        try:
+            with torch.inference_mode():
+                ids = torch.from_numpy(batch.input_ids).to(self.device, non_blocking=True)
+                cu = torch.from_numpy(batch.cu_seqlens).to(self.device, non_blocking=True)
+                starts = torch.from_numpy(batch.pool_starts).to(self.device, non_blocking=True)
+                hidden = self.model(ids, cu)                          # [T, hidden]
+                pooled = pool(hidden, cu, starts, self.pooling)       # [n, hidden] float32
+                return pooled.cpu().numpy()
+        except torch.OutOfMemoryError:
+            pass    # leave the handler first: its traceback still holds the failed pass's tensors
+        if self.device.type == "cuda":
+            # Hand the failed pass's cached blocks back, so the smaller batch tried next can use them.
+            torch.cuda.empty_cache()
+        raise EngineOutOfMemory(f"the device ran out of memory on a batch of {batch.num_sequences} "
+                                f"sequences ({batch.num_tokens} tokens)")
 
     def _use_threads(self, n: int) -> None:
         # torch's intra-op thread count (OpenMP and MKL) is per calling thread, so each
@@ -115,10 +126,9 @@ class TorchEngine:
                 # Token id 1 exists in every vocabulary we serve; values do not matter for cost.
                 self.embed(pack([[1] * self.max_seq_len] * n))
                 return
-            except torch.OutOfMemoryError:
+            except EngineOutOfMemory:    # embed has already emptied the CUDA cache
                 if n == 1:
                     raise
-                torch.cuda.empty_cache()
                 self.token_budget = max(self.max_seq_len, self.token_budget // 2)
 
     def health(self) -> bool:

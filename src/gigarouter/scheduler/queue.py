@@ -13,6 +13,9 @@ running and nothing queued behind it has the whole device and budget.
 Sequences whose client has gone are dropped before compute. Admission
 is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
 (HTTP 429 with Retry-After) instead of letting the queue grow without limit.
+A batch the device runs out of memory on is tried again in halves, down to
+single sequences; only a sequence that does not fit alone fails, and only
+its own job, with ``EngineOutOfMemory`` (HTTP 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from gigarouter.engine.base import Engine, pack
-from gigarouter.errors import NotReady, QueueFull
+from gigarouter.errors import EngineOutOfMemory, NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
 from gigarouter.scheduler.batching import batch_cost, plan_batch
@@ -243,23 +246,12 @@ class Scheduler:
                     self.metrics.dropped.labels(self.model).inc(dropped)
 
     async def _execute(self, slots: list[_Slot], *, concurrent: bool) -> None:
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         for s in slots:
             if s.job.started_at is None:
                 s.job.started_at = started
         try:
-            batch = pack([s.job.items[s.index].token_ids for s in slots],
-                         [s.job.items[s.index].pool_start for s in slots])
-            vectors = await loop.run_in_executor(self._device, partial(self.engine.embed, batch,
-                                                                       concurrent=concurrent))
-            finished = time.perf_counter()
-            self._observe_batch(batch.num_tokens, len(slots), finished - started, concurrent=concurrent)
-            for job in {id(s.job): s.job for s in slots}.values():
-                job.busy_seconds += finished - started
-                job.finished_at = finished
-            for row, s in enumerate(slots):
-                self._deliver(s, vectors[row])
+            await self._embed_and_deliver(slots, concurrent=concurrent)
         except BaseException as exc:  # the batch failed: every job in it fails with it, none hangs
             for s in slots:
                 if not s.job.future.done():
@@ -267,6 +259,46 @@ class Scheduler:
                         f"model {self.model!r} stopped while this request was running", code="shutting_down"))
             if not isinstance(exc, Exception):
                 raise
+
+    async def _embed_and_deliver(self, slots: list[_Slot], *, concurrent: bool) -> None:
+        """Run one forward pass over ``slots`` and hand each its vector.
+
+        On device out-of-memory, try each half in turn (still inside this batch's task,
+        so nothing else takes the device meanwhile): the other jobs keep their vectors
+        and only a sequence too big to run alone fails, and only its own job.
+        """
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        batch = pack([s.job.items[s.index].token_ids for s in slots],
+                     [s.job.items[s.index].pool_start for s in slots])
+        try:
+            vectors = await loop.run_in_executor(self._device, partial(self.engine.embed, batch,
+                                                                       concurrent=concurrent))
+        except EngineOutOfMemory:
+            if self.metrics:
+                self.metrics.out_of_memory.labels(self.model).inc()
+            if len(slots) == 1:
+                if not slots[0].job.future.done():      # its client may have gone meanwhile
+                    slots[0].job.future.set_exception(EngineOutOfMemory(
+                        f"model {self.model!r} ran out of device memory on a sequence of {batch.num_tokens} "
+                        "tokens; retry later or send shorter input", retry_after=max(1.0, self._drain_estimate(0))))
+                return
+            log.warning("model %s: out of device memory on %d sequences (%d tokens); trying halves",
+                        self.model, len(slots), batch.num_tokens)
+            half = len(slots) // 2
+            for part in (slots[:half], slots[half:]):
+                # A job failed by the first half (or cancelled meanwhile) needs nothing more.
+                part = [s for s in part if not s.job.future.done()]
+                if part:
+                    await self._embed_and_deliver(part, concurrent=concurrent)
+            return
+        finished = time.perf_counter()
+        self._observe_batch(batch.num_tokens, len(slots), finished - started, concurrent=concurrent)
+        for job in {id(s.job): s.job for s in slots}.values():
+            job.busy_seconds += finished - started
+            job.finished_at = finished
+        for row, s in enumerate(slots):
+            self._deliver(s, vectors[row])
 
     @staticmethod
     def _deliver(slot: _Slot, vector: np.ndarray) -> None:
