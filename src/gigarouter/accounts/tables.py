@@ -150,6 +150,10 @@ class UsageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # Revision 0002.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Revision 0003: who served the request (None before routing, or when refunded before a provider
+    # answered) and the token count a remote provider reported, kept beside our own ``tokens``.
+    provider: Mapped[str | None] = mapped_column(String(100))
+    upstream_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyRecord(Base):
