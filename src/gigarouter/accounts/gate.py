@@ -12,6 +12,14 @@ The embeddings handler runs, in order::
     except: await gate.refund(charge, status=...); raise
     await gate.settle(charge, status=200, latency_ms=...)
 
+or, the same in one block that cannot forget the refund and that settles at
+the serving provider's price (``accounts/metering.py``; routes should use it)::
+
+    async with metered(gate, principal, model=slug, tokens=n_tokens,
+                       price_per_million_usd=upper_bound_price, request_id=rid) as meter:
+        ... compute ...
+        await meter.settle(status=200, latency_ms=..., price_per_million_usd=serving_price, provider="east")
+
 Retries with an ``Idempotency-Key`` header wrap everything after
 ``authenticate`` (a replay is neither rate limited nor charged)::
 
