@@ -114,3 +114,25 @@ def test_a_lower_settlement_happens_once(settings):
     [(kind, back)] = books["entries"][1:]
     assert kind == "settle" and balance == CREDIT - 5_000 + back
     assert books["usage"][1] == 5_000 - back and books["usage"][3] == f"p{books['usage'][1] - 1_000}"
+
+
+def test_usage_grouped_by_provider(settings):
+    async def scenario():
+        async with started(settings) as gate:
+            principal, _ = await funded(gate, CREDIT)
+            for i, (provider, cost, outcome) in enumerate((("west", 40, "settle"), ("east", 30, "settle"),
+                                                           ("east", 20, "settle"), (None, 50, "settle"),
+                                                           (None, 0, "refund"))):
+                charge = await gate.reserve(principal, model="m", tokens=100, price_per_million_usd=0.5,
+                                            request_id=f"r{i}")
+                if outcome == "refund":
+                    await gate.refund(charge, status=503)
+                else:
+                    await gate.settle(charge, status=200, latency_ms=1.0, cost_micro=cost, tokens=80,
+                                      provider=provider)
+            return await gate.usage(principal, group_by="provider")
+
+    rows = asyncio.run(scenario())
+    # Ordered by provider, NULL (no provider: before routing, or refunded) last on both databases.
+    assert [(r.group, r.requests, r.failed, r.tokens, r.cost_micro) for r in rows] == [
+        ("east", 2, 0, 160, 50), ("west", 1, 0, 80, 40), (None, 2, 1, 80, 50)]
