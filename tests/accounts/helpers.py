@@ -52,11 +52,15 @@ def check_invariants(engine: sa.Engine, *, quiescent: bool = True) -> dict[str, 
                 "OR (r.state = 'settled' AND u.cost_micro <> r.cost_micro) "
                 "OR (r.state = 'refunded' AND u.cost_micro <> 0)")
         assert not bad, f"reservations without matching usage: {bad[:5]}"
-        # Each reservation's ledger entries: -cost, then 0 (settled) or +cost (refunded).
+        # Each reservation's ledger entries: -reserved, then +(reserved - final) (settled; the reservation
+        # row then holds the final cost) or +reserved (refunded).
         bad = q("SELECT r.id FROM reservations r JOIN ledger_entries l ON l.reservation_id = r.id "
                 "GROUP BY r.id, r.state, r.cost_micro HAVING SUM(l.amount_micro) <> "
                 "CASE WHEN r.state = 'refunded' THEN 0 ELSE -r.cost_micro END")
         assert not bad, f"reservations whose ledger entries disagree: {bad[:5]}"
+        # A settlement only ever gives credit back (final cost <= reserved), never takes more.
+        bad = q("SELECT id FROM ledger_entries WHERE kind = 'settle' AND amount_micro < 0")
+        assert not bad, f"settlements above their reservation: {bad[:5]}"
         bad = q("SELECT k.id FROM api_keys k LEFT JOIN reservations r ON r.key_id = k.id AND r.state <> 'refunded' "
                 "GROUP BY k.id, k.spent_micro HAVING k.spent_micro <> COALESCE(SUM(r.cost_micro), 0)")
         assert not bad, f"keys whose spent_micro disagrees: {bad}"

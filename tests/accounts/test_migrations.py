@@ -105,3 +105,30 @@ def test_downgrade_then_upgrade_round_trips(database_url):
     assert migrations.current(database_url) == PREVIOUS
     migrations.upgrade(database_url)
     assert migrations.current(database_url) == migrations.head()
+
+
+def test_0002_database_with_data_upgrades_through_0003(database_url):
+    """A database at 0002 (what gateways ran before the web tables and routing) gains the provider columns."""
+    migrations.upgrade(database_url, "0002")
+    _seed_previous_revision(database_url)
+    engine = sa.create_engine(database_url)
+
+    def usage_columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(engine).get_columns("usage_records")}
+
+    try:
+        assert not {"provider", "upstream_tokens"} & usage_columns()
+        migrations.upgrade(database_url)
+        assert migrations.current(database_url) == migrations.head()
+        assert {"provider", "upstream_tokens"} <= usage_columns()
+        with engine.begin() as conn:
+            old = conn.execute(sa.text("SELECT provider, upstream_tokens, cost_micro FROM usage_records "
+                                       "WHERE request_id = 'req_old'")).one()
+            assert tuple(old) == (None, None, 100)
+            conn.execute(sa.text("UPDATE usage_records SET provider = :p, upstream_tokens = 7"), {"p": "e" * 100})
+        migrations.downgrade(database_url, "w001")                 # and back: the columns go, the rows stay
+        assert not {"provider", "upstream_tokens"} & usage_columns()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM usage_records")).scalar_one() == 1
+    finally:
+        engine.dispose()

@@ -103,6 +103,9 @@ def test_usage_is_the_callers_own(client, settings):
     assert len(by_day) == 1 and re.match(r"^\d{4}-\d{2}-\d{2}$", by_day[0]["group"])
     assert client.get("/v1/usage?start=2000-01-01&end=2000-01-02", headers=bearer(mine)).json()["data"] == []
     assert client.get("/v1/usage?start=yesterday", headers=bearer(mine)).status_code == 400
+    by_provider = client.get("/v1/usage?group_by=provider", headers=bearer(mine)).json()
+    assert by_provider["group_by"] == "provider"                # settled without a provider: one NULL group
+    assert [(d["group"], d["requests"], d["cost_micro"]) for d in by_provider["data"]] == [(None, 3, 20)]
     assert client.get("/v1/usage?group_by=user", headers=bearer(mine)).status_code == 400
 
 

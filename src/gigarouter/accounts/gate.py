@@ -12,6 +12,14 @@ The embeddings handler runs, in order::
     except: await gate.refund(charge, status=...); raise
     await gate.settle(charge, status=200, latency_ms=...)
 
+or, the same in one block that cannot forget the refund and that settles at
+the serving provider's price (``accounts/metering.py``; routes should use it)::
+
+    async with metered(gate, principal, model=slug, tokens=n_tokens,
+                       price_per_million_usd=upper_bound_price, request_id=rid) as meter:
+        ... compute ...
+        await meter.settle(status=200, latency_ms=..., price_per_million_usd=serving_price, provider="east")
+
 Retries with an ``Idempotency-Key`` header wrap everything after
 ``authenticate`` (a replay is neither rate limited nor charged)::
 
@@ -91,8 +99,17 @@ class Gate(Protocol):
     async def reserve(self, principal: Principal, *, model: str, tokens: int,
                       price_per_million_usd: float | None, request_id: str,
                       idempotency: IdempotencySlot | None = None) -> Charge: ...
-    async def settle(self, charge: Charge, *, status: int, latency_ms: float,
-                     response: bytes | None = None) -> None: ...
+    async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
+                     cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
+                     upstream_tokens: int | None = None) -> None:
+        """Charge ``cost_micro`` (None: the reserved cost) for ``tokens`` (None: as reserved).
+
+        The final cost and tokens may be lower than reserved (the difference
+        goes back to the account) but never higher: ``ValueError``, and the
+        reservation stays held for the caller to refund. ``provider`` names who
+        served the request; ``upstream_tokens`` is the usage a remote provider
+        reported, recorded beside ours.
+        """
     async def refund(self, charge: Charge, *, status: int) -> None: ...
     async def close(self) -> None: ...
 
@@ -116,9 +133,10 @@ class OpenGate:
                       idempotency: IdempotencySlot | None = None) -> Charge:
         return Charge(principal=principal, request_id=request_id, model=model, tokens=tokens, cost_micro=0)
 
-    async def settle(self, charge: Charge, *, status: int, latency_ms: float,
-                     response: bytes | None = None) -> None:
-        return None
+    async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
+                     cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
+                     upstream_tokens: int | None = None) -> None:
+        return None                    # nothing was reserved, so there is nothing to check or give back
 
     async def refund(self, charge: Charge, *, status: int) -> None:
         return None

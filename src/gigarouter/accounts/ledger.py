@@ -10,6 +10,12 @@ micro-dollars per token; it is stored as integer micro-dollars per 1M tokens
 rounded up once per request, so no request of a priced model is free and no
 fraction of a micro-dollar is ever lost or invented.
 
+A reservation may be taken at an upper bound (a router reserves before it
+knows which provider serves the request, at the highest price it may pay and,
+for remote-only models, an upper-bound token count) and settled lower, at the
+serving provider's price and the final token count: ``settle`` gives the
+difference back. The final cost never exceeds the reserved one.
+
 Each function below runs inside the caller's transaction (``db.transaction``)
 and writes the balance change, its ledger entry and (when a reservation
 closes) its usage record together, so they can never disagree.
@@ -28,6 +34,7 @@ from gigarouter.accounts.tables import Account, ApiKey, LedgerEntry, Reservation
 from gigarouter.errors import Forbidden, InsufficientCredit, NotFound
 
 MICRO = 1_000_000
+MAX_PROVIDER_CHARS = 100             # usage_records.provider
 
 
 def price_micro_per_million(price_per_million_usd: float | Decimal | str | None) -> int:
@@ -137,19 +144,58 @@ def _refusal(conn: Connection, account_id: str, cost: int) -> Exception:
 
 
 def settle(conn: Connection, *, reservation_id: str, status: int, latency_ms: float | None,
-           response: bytes | None = None) -> bool:
+           response: bytes | None = None, cost_micro: int | None = None, tokens: int | None = None,
+           provider: str | None = None, upstream_tokens: int | None = None) -> bool:
     """Turn a held reservation into a charge, with its usage record; False if it was already closed.
+
+    The reservation was taken at an upper bound (the highest price a router may
+    pay, and for remote models an upper-bound token count). ``cost_micro`` and
+    ``tokens`` are the final figures (None: as reserved); the difference
+    ``reserved - final`` goes back to the balance and comes off the key's
+    ``spent_micro``, and the ``settle`` ledger entry carries it, so a
+    reservation's entries always sum to minus what it finally cost. The
+    reservation row is rewritten with the final cost and tokens. A final cost
+    or token count above what was reserved is a caller bug: ``ValueError``,
+    raised before anything is written (the reservation stays held).
 
     ``response`` is stored for the request's Idempotency-Key, if it had one,
     in this same transaction: a charged request always has its replayable result.
     """
+    _check_final(cost_micro=cost_micro, tokens=tokens, provider=provider, upstream_tokens=upstream_tokens)
     row = _close(conn, reservation_id, "settled")
     if row is None:
         return False
-    _entry(conn, row.account_id, "settle", 0, reservation_id=reservation_id)
+    final_cost = row.cost_micro if cost_micro is None else cost_micro
+    final_tokens = row.tokens if tokens is None else tokens
+    if final_cost > row.cost_micro or final_tokens > row.tokens:
+        # Raising rolls the close back with the transaction: the reservation is still held.
+        raise ValueError(f"reservation {reservation_id} was reserved for {row.tokens} tokens costing "
+                         f"{row.cost_micro} micro-dollars; it cannot settle at {final_tokens} tokens costing "
+                         f"{final_cost}")
+    back = row.cost_micro - final_cost
+    if back:
+        conn.execute(update(Account).where(Account.id == row.account_id)
+                     .values(balance_micro=Account.balance_micro + back))
+        if row.key_id is not None:
+            conn.execute(update(ApiKey).where(ApiKey.id == row.key_id)
+                         .values(spent_micro=ApiKey.spent_micro - back))
+    if back or final_tokens != row.tokens:
+        conn.execute(update(Reservation).where(Reservation.id == reservation_id)
+                     .values(cost_micro=final_cost, tokens=final_tokens))
+    _entry(conn, row.account_id, "settle", back, reservation_id=reservation_id)
     key = idempotency.complete(conn, reservation_id=reservation_id, status=status, response=response)
-    _usage(conn, row, cost=row.cost_micro, status=status, latency_ms=latency_ms, idempotency_key=key)
+    _usage(conn, row, cost=final_cost, tokens=final_tokens, status=status, latency_ms=latency_ms,
+           idempotency_key=key, provider=provider, upstream_tokens=upstream_tokens)
     return True
+
+
+def _check_final(*, cost_micro: int | None, tokens: int | None, provider: str | None,
+                 upstream_tokens: int | None) -> None:
+    for name, value in (("cost_micro", cost_micro), ("tokens", tokens), ("upstream_tokens", upstream_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+    if provider is not None and not 0 < len(provider) <= MAX_PROVIDER_CHARS:
+        raise ValueError(f"provider must be 1 to {MAX_PROVIDER_CHARS} characters")
 
 
 def refund(conn: Connection, *, reservation_id: str, status: int, latency_ms: float | None = None) -> bool:
@@ -164,7 +210,7 @@ def refund(conn: Connection, *, reservation_id: str, status: int, latency_ms: fl
                      .values(spent_micro=ApiKey.spent_micro - row.cost_micro))
     _entry(conn, row.account_id, "refund", row.cost_micro, reservation_id=reservation_id)
     key = idempotency.release_reservation(conn, reservation_id=reservation_id)
-    _usage(conn, row, cost=0, status=status, latency_ms=latency_ms, idempotency_key=key)
+    _usage(conn, row, cost=0, tokens=row.tokens, status=status, latency_ms=latency_ms, idempotency_key=key)
     return True
 
 
@@ -178,12 +224,12 @@ def _close(conn: Connection, reservation_id: str, state: str):
     ).one_or_none()
 
 
-def _usage(conn: Connection, row, *, cost: int, status: int, latency_ms: float | None,
-           idempotency_key: str | None) -> None:
+def _usage(conn: Connection, row, *, cost: int, tokens: int, status: int, latency_ms: float | None,
+           idempotency_key: str | None, provider: str | None = None, upstream_tokens: int | None = None) -> None:
     conn.execute(insert(UsageRecord).values(
         reservation_id=row.id, request_id=row.request_id, account_id=row.account_id, key_id=row.key_id,
-        model=row.model, tokens=row.tokens, cost_micro=cost, status=status, latency_ms=latency_ms,
-        idempotency_key=idempotency_key, created_at=utcnow()))
+        model=row.model, tokens=tokens, cost_micro=cost, status=status, latency_ms=latency_ms,
+        idempotency_key=idempotency_key, provider=provider, upstream_tokens=upstream_tokens, created_at=utcnow()))
 
 
 def grant(conn: Connection, *, account_id: str, amount_micro: int, note: str | None = None) -> int:

@@ -195,11 +195,14 @@ class DatabaseGate:
         with transaction(self.engine) as conn:
             ledger.refund(conn, reservation_id=held.reservation_id, status=499)
 
-    async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None) -> None:
+    async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
+                     cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
+                     upstream_tokens: int | None = None) -> None:
         if charge.reservation_id is None:
             return
         settled = await self._run(self._close_now, ledger.settle, reservation_id=charge.reservation_id,
-                                  status=status, latency_ms=latency_ms, response=response)
+                                  status=status, latency_ms=latency_ms, response=response, cost_micro=cost_micro,
+                                  tokens=tokens, provider=provider, upstream_tokens=upstream_tokens)
         self._closed(charge)
         if not settled:
             log.warning("reservation %s was already closed (refunded by recovery?); request %s not charged",

@@ -16,7 +16,7 @@ from gigarouter.accounts.tables import Account, ApiKey, UsageRecord, utcnow
 from gigarouter.errors import Conflict, InvalidRequest, NotFound
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-GROUPS = ("key", "model", "day")
+GROUPS = ("key", "model", "day", "provider")
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,9 @@ class AccountStore:
               end: datetime | None = None) -> list[UsageRow]:
         if group_by not in GROUPS:
             raise InvalidRequest(f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
-        group = {"key": UsageRecord.key_id, "model": UsageRecord.model,
-                 "day": func.date(UsageRecord.created_at)}[group_by]
+        # provider: who served it; NULL (the last group) for refunds and requests from before routing.
+        group = {"key": UsageRecord.key_id, "model": UsageRecord.model, "day": func.date(UsageRecord.created_at),
+                 "provider": UsageRecord.provider}[group_by]
         charged = UsageRecord.status.between(200, 399)
         statement = (
             select(group.label("group"), func.count().label("requests"),
@@ -180,7 +181,7 @@ class AccountStore:
                    func.sum(case((charged, UsageRecord.tokens), else_=0)).label("tokens"),
                    func.sum(UsageRecord.cost_micro).label("cost"))
             .where(UsageRecord.account_id == account_id, *_window(start, end))
-            .group_by(group).order_by(group)
+            .group_by(group).order_by(group.asc().nulls_last())   # the same order on SQLite and Postgres
         )
         with transaction(self.engine, write=False) as conn:
             rows = conn.execute(statement).all()

@@ -88,6 +88,11 @@ class ApiKey(Base):
 class Reservation(Base):
     """Credit taken for one request before it runs; ``held`` until settled or refunded exactly once.
 
+    ``cost_micro`` and ``tokens`` are what was reserved while held and the final
+    figures once settled (settlement may only lower them; the reserved cost stays
+    in the ``reserve`` ledger entry). ``price_micro_per_million`` is the price
+    reserved at: for a routed request, the upper bound, not the serving price.
+
     ``owner`` is the id of the gateway process that holds it; start-up recovery
     refunds only reservations whose owner is provably dead (see recovery.py).
     """
@@ -112,7 +117,8 @@ class Reservation(Base):
 
 
 class LedgerEntry(Base):
-    """Append-only. Kinds: grant (+), adjustment (+/-), reserve (-cost), settle (0), refund (+cost)."""
+    """Append-only. Kinds: grant (+), adjustment (+/-), reserve (-reserved cost), settle (+(reserved - final
+    cost): 0 when settled as reserved), refund (+reserved cost)."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (CheckConstraint("kind IN ('grant', 'adjustment', 'reserve', 'settle', 'refund')",
@@ -150,6 +156,10 @@ class UsageRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # Revision 0002.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Revision 0003: who served the request (None before routing, or when refunded before a provider
+    # answered) and the token count a remote provider reported, kept beside our own ``tokens``.
+    provider: Mapped[str | None] = mapped_column(String(100))
+    upstream_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyRecord(Base):

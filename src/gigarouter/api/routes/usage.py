@@ -1,4 +1,4 @@
-"""GET /v1/usage: the caller's own usage, grouped by key, model or day (scope ``usage:read``)."""
+"""GET /v1/usage: the caller's own usage, grouped by key, model, day or provider (scope ``usage:read``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ router = APIRouter()
 
 
 @router.get("/v1/usage")
-async def usage(gate: AccountsGate, caller: UsageReader, group_by: Literal["key", "model", "day"] = "day",
+async def usage(gate: AccountsGate, caller: UsageReader,
+                group_by: Literal["key", "model", "day", "provider"] = "day",
                 start: str | None = None, end: str | None = None) -> dict:
     """Half-open window [start, end): ISO dates (UTC midnight) or datetimes."""
     since, until = parse_time(start, param="start"), parse_time(end, param="end")
