@@ -228,7 +228,8 @@ class Route:
                 self._observe(metrics, binding, "error", time.perf_counter() - started)
                 if not is_retryable(exc):
                     raise
-                binding.health.failure()
+                if _counts_against_breaker(binding, exc):
+                    binding.health.failure()
                 log.warning("model %s: provider %s failed: %s", self.name, binding.name, exc.message)
                 failures.append((binding, exc))
                 continue
@@ -260,6 +261,14 @@ class Route:
         if metrics is not None:
             metrics.provider_requests.labels(self.name, binding.name, outcome).inc()
             metrics.provider_seconds.labels(self.name, binding.name).observe(seconds)
+
+
+def _counts_against_breaker(binding: Binding, exc: GigarouterError) -> bool:
+    """A rate limit (429) says the provider is alive but busy, and a local deployment's errors
+    (queue full, out of memory, the deadline) say this process is loaded, not broken: those
+    move the request on without taking the provider out. A remote that cannot be reached,
+    times out or answers 5xx counts."""
+    return binding.kind != "local" and exc.status != 429
 
 
 def _excluding_field(prefs: Preferences) -> str:
