@@ -207,11 +207,13 @@ class Router:
                 vectors.append(np.asarray(result.vectors, dtype=np.float32))
             return vectors
         except GigarouterError as exc:
-            binding.health.failure()
+            if binding.kind != "local":     # as for requests: a loaded local deployment is not broken
+                binding.health.failure()
             log.warning("model %s: probing provider %s failed: %s", route.name, binding.name, exc.message)
             return None
         except Exception:   # a bug in a provider must not stop the upkeep of every route
-            binding.health.failure()
+            if binding.kind != "local":
+                binding.health.failure()
             log.exception("model %s: probing provider %s failed", route.name, binding.name)
             return None
 
