@@ -64,18 +64,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [[models]]: {', '.join(sorted(unknown))}")
         values = dict(raw)
         for key in ("aliases", "adapters"):
             if key in values:
                 values[key] = tuple(values[key])
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"[[models]] entry: {exc}") from None
+        return _build(cls, values, section="[[models]]")
 
 
 @dataclass(frozen=True)
@@ -111,10 +104,6 @@ class ProviderConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ProviderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [[providers]]: {', '.join(sorted(unknown))}")
         values = dict(raw)
         models = values.get("models")
         if isinstance(models, list) and all(isinstance(m, str) for m in models):
@@ -124,10 +113,18 @@ class ProviderConfig:
         else:
             raise ConfigError(f"provider {raw.get('name')!r}: models must be a list of names or a table "
                               "of our name = \"the provider's name\"")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"[[providers]] entry: {exc}") from None
+        return _build(cls, values, section="[[providers]]")
+
+
+def _build(cls: type, values: dict[str, Any], *, section: str) -> Any:
+    """A config dataclass from a TOML table: unknown keys and missing ones are a ConfigError."""
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section}: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{section} entry: {exc}") from None
 
 
 def default_model() -> ModelConfig:
