@@ -9,7 +9,10 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from gigarouter.settings import Settings
+from tests.conftest import FakeEngine, fake_loader, live_server
 from tests.web.conftest import PASSWORD, SCREENSHOTS, LiveServer, new_email
+from tests.web.test_providers import EAST
 
 pytestmark = pytest.mark.browser
 
@@ -130,6 +133,7 @@ def test_model_page_try_it_and_compare(page, live: LiveServer) -> None:
     page.get_by_role("button", name="Compare the texts").click()
     expect(page.locator("#try-output strong")).to_be_visible()
     expect(page.get_by_role("button", name="Compare the texts")).to_be_enabled()
+    expect(page.locator("table.providers").get_by_role("rowheader", name="local")).to_be_visible()
     shoot(page, "model-live")
 
     seed = "linq-embed-mistral"
@@ -152,6 +156,38 @@ def test_model_page_try_it_and_compare(page, live: LiveServer) -> None:
     assert table.get_by_role("columnheader", name="all-MiniLM-L6-v2").is_visible()
     page.goto("/models")
     shoot(page, "models")
+
+
+def test_the_providers_table_stacks_at_phone_width(browser, tmp_path) -> None:
+    """A healthy local provider and a down remote one: a table on a desktop, label/value cards on a phone."""
+    settings = Settings(data_dir=tmp_path, providers=(EAST,), breaker_cooldown_s=60.0)
+    with live_server(settings, loader=fake_loader(FakeEngine())) as base:
+        context = browser.new_context(viewport=PHONE, base_url=base)
+        try:
+            page = context.new_page()
+            problems: list[str] = []
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.goto("/models/all-minilm-l6-v2")
+            table = page.locator("table.providers")
+            rows = table.locator("tbody tr")
+            expect(rows).to_have_count(2)
+            east = rows.filter(has=page.get_by_role("rowheader", name="east"))
+            expect(east.locator(".badge")).to_have_text("down")
+            assert "not answering" in east.locator(".badge").get_attribute("title")
+            expect(page.locator(".stats div", has_text="API providers").locator("dd")).to_have_text("1")
+            widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert widths[0] <= widths[1], f"the model page scrolls sideways at 390 px: {widths}"
+            box = table.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+            assert east.evaluate("tr => getComputedStyle(tr).display") == "block"           # stacked
+            label = east.locator("td").first.evaluate("td => getComputedStyle(td, '::before').content")
+            assert label == '"State"'
+            page.set_viewport_size(DESKTOP)
+            assert east.evaluate("tr => getComputedStyle(tr).display") == "table-row"
+            expect(table.locator("thead")).to_be_visible()
+            assert not problems, problems
+        finally:
+            context.close()
 
 
 CATALOG = ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare"]

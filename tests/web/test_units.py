@@ -44,6 +44,20 @@ def test_compact_counts(value, text) -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [
+    (0.94, "0.9 ms"), (9.96, "10 ms"), (12.34, "12 ms"), (1234.5, "1,234 ms"), (None, "—"),
+])
+def test_latency_ms(value, text) -> None:
+    assert formatting.latency_ms(value) == text
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (1.0, "100%"), (0.9999, "99.9%"), (0.9987, "99.9%"), (0.5, "50%"), (0.0, "0%"), (0.12345, "12.3%"), (None, "—"),
+])
+def test_percent(value, text) -> None:
+    assert formatting.percent(value) == text
+
+
+@pytest.mark.parametrize(("value", "text"), [
     ("2024-05", "May 2024"), ("2024-06-30", "Jun 2024"), ("soon", "soon"), ("2024-13", "2024-13"), ("", ""),
 ])
 def test_month(value, text) -> None:

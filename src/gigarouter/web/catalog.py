@@ -35,6 +35,7 @@ class ModelView:
     served_name: str            # the `model` value a client sends
     votes: int = 0
     provider_rows: tuple[Binding, ...] = ()   # every provider of its route, whatever its state
+    fingerprint: str | None = None            # the route's vector space (x-gigarouter-fingerprint)
 
     @property
     def slug(self) -> str:
@@ -60,10 +61,12 @@ def route_of(router: Router | None, card: ModelCard) -> list[Route]:
 def view(card: ModelCard, router: Router | None, votes: Mapping[str, int]) -> ModelView:
     routes = route_of(router, card)
     live = next((r for r in routes if r.healthy()), None)
+    fingerprinted = next((r for r in ([live] if live else []) + routes if r.fingerprint), None)
     return ModelView(card=card, status=LIVE if live else COMING_SOON,
                      providers=sum(len(r.healthy()) for r in routes),
                      served_name=live.name if live else card.slug, votes=votes.get(card.slug, 0),
-                     provider_rows=tuple(b for r in routes for b in r.bindings))
+                     provider_rows=tuple(b for r in routes for b in r.bindings),
+                     fingerprint=fingerprinted.fingerprint if fingerprinted else None)
 
 
 def views(cards: Iterable[ModelCard], router: Router | None, votes: Mapping[str, int]) -> list[ModelView]:

@@ -71,6 +71,25 @@ def score(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def latency_ms(value: float | None) -> str:
+    """Milliseconds: ``3.456`` -> ``3.5 ms``; from 10 ms on, whole ones: ``12.34`` -> ``12 ms``,
+    ``1234.6`` -> ``1,235 ms``."""
+    if value is None:
+        return "—"
+    tenths = f"{value:.1f}"
+    return f"{tenths} ms" if float(tenths) < 10 else f"{round(value):,} ms"
+
+
+def percent(value: float | None) -> str:
+    """A share as a percent: ``1.0`` -> ``100%``, ``0.9987`` -> ``99.9%``; never rounds up to 100%."""
+    if value is None:
+        return "—"
+    text = f"{value * 100:.1f}"
+    if text == "100.0" and value < 1:
+        text = "99.9"
+    return f"{text.removesuffix('.0')}%"
+
+
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")

@@ -31,7 +31,8 @@ def environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
     env.filters.update(price=formatting.price, money=formatting.micro_dollars, compact=formatting.compact,
                        month=formatting.month, day=formatting.day, thousands=formatting.thousands,
-                       score=formatting.score, prose=formatting.prose)
+                       score=formatting.score, prose=formatting.prose,
+                       latency_ms=formatting.latency_ms, percent=formatting.percent)
     env.globals["static"] = static_url
     return env
 
