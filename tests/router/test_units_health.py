@@ -84,6 +84,17 @@ def test_a_successful_probe_closes_the_breaker_and_resets_the_cooldown(clock):
     assert health.open_until == clock.now + 2.0
 
 
+def test_failures_of_requests_in_flight_do_not_count_as_failed_probes(clock):
+    """A burst of concurrent failures opens the breaker once; only a failed half-open probe doubles it."""
+    health = Health(failures=3, cooldown_s=2.0, clock=clock)
+    for _ in range(10):                    # ten requests that were already under way fail together
+        health.failure()
+    assert health.is_open and health.cooldown_s == 2.0
+    assert health.open_until == clock.now + 2.0
+    clock.now += 2.0
+    assert health.due_for_probe()
+
+
 def test_p50_latency_is_the_median_in_ms(clock):
     health = Health(clock=clock)
     for seconds in (0.030, 0.010, 0.020):
