@@ -143,6 +143,8 @@ def test_an_unknown_provider_name_is_a_400_naming_the_field(field):
     (Preferences(only=()), "provider.only"),
     (Preferences(ignore=("a", "B")), "provider.ignore"),
     (Preferences(max_price=0.001), "provider.max_price"),
+    (Preferences(only=("a",), ignore=("a",)), "provider.ignore"),
+    (Preferences(only=("a", "b"), max_price=0.001), "provider.max_price"),
     (Preferences(ignore=("a",), max_price=0.015), "provider.max_price"),
 ])
 def test_preferences_that_exclude_every_provider_are_a_400(prefs, param):
