@@ -96,7 +96,7 @@ class ProviderConfig:
     def __post_init__(self) -> None:
         if not self.name or not PROVIDER_NAME.fullmatch(self.name):
             raise ConfigError(f"provider {self.name!r}: name must be letters, digits, '-', '_' or '.'")
-        if not self.base_url.startswith(("http://", "https://")):
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"provider {self.name!r}: base_url must start with http:// or https://")
         if not self.models:
             raise ConfigError(f"provider {self.name!r}: models must name at least one model")

@@ -73,6 +73,7 @@ def test_a_local_model_may_take_another_provider_name(tmp_path):
     ('[[providers]]\nname = "acme"\nmodels = ["m"]\n', r"\[\[providers\]\] entry"),
     (provider().replace("https://api.example.com/v1", "api.example.com/v1"), "base_url must start with http"),
     (provider().replace("https://api.example.com/v1", "ftp://api.example.com"), "base_url must start with http"),
+    (provider().replace('"https://api.example.com/v1"', "8080"), "base_url must start with http"),
     (provider(extra="price_per_million_usd = -0.01\n"), "price_per_million_usd must be >= 0"),
     (provider(extra="price_per_million_usd = nan\n"), "price_per_million_usd must be >= 0"),
     (provider(extra='price_per_million_usd = "free"\n'), r"\[\[providers\]\] entry"),
