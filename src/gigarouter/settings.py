@@ -265,11 +265,12 @@ def _check_unique_names(models: tuple[ModelConfig, ...]) -> None:
 
 
 def _check_providers(settings: Settings) -> None:
+    # The router matches provider names ignoring case (provider.order, only, ignore), so must this.
     names = [p.name for p in settings.providers]
     for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"provider name {name!r} is used twice")
-    local = {m.provider for m in settings.models}
-    clash = local & set(names)
+        if [n.lower() for n in names].count(name.lower()) > 1:
+            raise ConfigError(f"provider name {name!r} is used twice (names are compared ignoring case)")
+    local = {m.provider.lower() for m in settings.models}
+    clash = sorted(n for n in names if n.lower() in local)
     if clash:
-        raise ConfigError(f"provider name {sorted(clash)[0]!r} names both a [[providers]] entry and a local model")
+        raise ConfigError(f"provider name {clash[0]!r} names both a [[providers]] entry and a local model")

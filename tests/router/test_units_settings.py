@@ -82,8 +82,10 @@ def test_a_local_model_may_take_another_provider_name(tmp_path):
     (provider(name=""), "name must be letters"),
     (provider(name="a/b"), "name must be letters"),
     (provider() + provider(models='["other"]'), "provider name 'acme' is used twice"),
+    (provider(name="Acme") + provider(name="acme"), "used twice"),
     (MODEL + provider(name="local"), "provider name 'local' names both a \\[\\[providers\\]\\] entry and a local"),
     (MODEL + 'provider = "gpu"\n' + provider(name="gpu"), "names both"),
+    (MODEL + 'provider = "GPU"\n' + provider(name="gpu"), "names both"),
     ('providers = "acme"\n', r"\[\[providers\]\] must be a list of tables"),
     ('providers = ["acme"]\n', r"\[\[providers\]\] must be a list of tables"),
 ])
