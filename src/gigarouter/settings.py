@@ -89,7 +89,7 @@ class ProviderConfig:
     def __post_init__(self) -> None:
         if not self.name or not PROVIDER_NAME.fullmatch(self.name):
             raise ConfigError(f"provider {self.name!r}: name must be letters, digits, '-', '_' or '.'")
-        if not self.base_url.startswith(("http://", "https://")):
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"provider {self.name!r}: base_url must start with http:// or https://")
         if not self.models:
             raise ConfigError(f"provider {self.name!r}: models must name at least one model")
@@ -262,11 +262,12 @@ def _check_unique_names(models: tuple[ModelConfig, ...]) -> None:
 
 
 def _check_providers(settings: Settings) -> None:
+    # The router matches provider names ignoring case (provider.order, only, ignore), so must this.
     names = [p.name for p in settings.providers]
     for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"provider name {name!r} is used twice")
-    local = {m.provider for m in settings.models}
-    clash = local & set(names)
+        if [n.lower() for n in names].count(name.lower()) > 1:
+            raise ConfigError(f"provider name {name!r} is used twice (names are compared ignoring case)")
+    local = {m.provider.lower() for m in settings.models}
+    clash = sorted(n for n in names if n.lower() in local)
     if clash:
-        raise ConfigError(f"provider name {sorted(clash)[0]!r} names both a [[providers]] entry and a local model")
+        raise ConfigError(f"provider name {clash[0]!r} names both a [[providers]] entry and a local model")

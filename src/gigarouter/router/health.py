@@ -54,9 +54,11 @@ class Health:
         now = self._clock()
         self._outcomes.append((now, False))
         self.consecutive_failures += 1
-        if self.open_until is not None:           # a failed half-open probe: wait longer
-            self.cooldown_s = min(MAX_COOLDOWN_S, self.cooldown_s * 2)
-            self.open_until = now + self.cooldown_s
+        if self.open_until is not None:
+            if now >= self.open_until:            # a failed half-open probe: wait longer
+                self.cooldown_s = min(MAX_COOLDOWN_S, self.cooldown_s * 2)
+                self.open_until = now + self.cooldown_s
+            # else: a request sent before the breaker opened failed; it is no probe
         elif self.consecutive_failures >= self.failures_to_open:
             self.open_until = now + self.cooldown_s
 

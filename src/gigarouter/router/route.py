@@ -138,7 +138,7 @@ class Route:
         allowed = [b for b in self.bindings if self._allowed(b, prefs)]
         if not allowed:
             raise InvalidRequest(f"the provider preferences exclude every provider of model {self.name!r}",
-                                 param=_excluding_field(prefs))
+                                 param=_excluding_field(prefs, self.bindings))
         usable = [b for b in allowed if b.usable]
         if not usable:
             states = ", ".join(f"{b.name} is {b.state}" for b in allowed)
@@ -271,9 +271,15 @@ def _counts_against_breaker(binding: Binding, exc: GigarouterError) -> bool:
     return binding.kind != "local" and exc.status != 429
 
 
-def _excluding_field(prefs: Preferences) -> str:
+def _excluding_field(prefs: Preferences, bindings: list[Binding]) -> str:
+    """The field that removed the last provider (the filters applied as only, ignore, max_price)."""
+    left = [b.name.lower() for b in bindings]
     if prefs.only is not None:
-        return "provider.only"
-    if prefs.max_price is not None:
-        return "provider.max_price"
-    return "provider.ignore"
+        only = {n.lower() for n in prefs.only}
+        left = [n for n in left if n in only]
+        if not left:
+            return "provider.only"
+    ignore = {n.lower() for n in prefs.ignore}
+    if all(n in ignore for n in left):
+        return "provider.ignore"
+    return "provider.max_price"
