@@ -11,15 +11,19 @@ and the database.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from gigarouter.accounts.db import make_engine
@@ -191,6 +195,72 @@ def test_an_idempotent_retry_through_the_router_is_charged_once(settings, tmp_pa
         totals = books.check()
         assert totals["settled"] == 1 and totals["refunded"] == 0
         assert before - books.balance(account_id) == cost(TOKENS, DEAR)
+
+
+@contextmanager
+def misreporting(target: str, prompt_tokens: int) -> Iterator[str]:
+    """A proxy to the upstream ``target`` that answers its vectors with ``prompt_tokens`` as the usage."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:   # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["content-length"]))
+            r = httpx.post(f"{target}{self.path}", content=body, timeout=30,
+                           headers={"content-type": "application/json"})
+            content = r.content
+            if r.status_code == 200:
+                payload = r.json()
+                payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+                content = json.dumps(payload).encode()
+            self.send_response(r.status_code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+REMOTE_ONLY = "minilm-remote"                    # a second route: the same upstream model, no local deployment
+
+
+@pytest.mark.parametrize("reported", [-1, 2**40], ids=["negative", "beyond-int32"])
+def test_an_upstream_misreporting_usage_is_still_charged_once(settings, tmp_path, reported):
+    """A usage count that is no count (negative, or too large to be one) never fails the settlement."""
+    account_id, key = account_with(settings, credit_micro=CREDIT)
+    with upstream(tmp_path, "upstream") as up, misreporting(up, reported) as liar, books_for(settings) as books:
+        local = ModelConfig(**{**default_model().__dict__, "price_per_million_usd": LOCAL})
+        liar_config = ProviderConfig(name="liar", base_url=f"{liar}/v1", price_per_million_usd=DEAR,
+                                     models=((MODEL, MODEL), (REMOTE_ONLY, MODEL)))
+        gateway = settings.with_(models=(local,), providers=(liar_config,))
+        with live_server(gateway, loader=fake_loader(FakeEngine())) as base:
+            before = books.balance(account_id)
+            # Our own count is billed; the upstream's is recorded only when it is one.
+            charged = assert_charged(books, embed(base, key, "r-exact", {"order": ["liar"]}), "r-exact",
+                                     provider="liar", price=DEAR, tokens=TOKENS, upstream_tokens=None,
+                                     reserved_price=DEAR, reserved_tokens=TOKENS)
+            # No tokenizer here: a negative count is no count (about four bytes a token), a huge one is held to
+            # the reservation's bound.
+            r = httpx.post(f"{base}/v1/embeddings", json={"model": REMOTE_ONLY, "input": INPUT}, timeout=60,
+                           headers={"authorization": f"Bearer {key}", "x-request-id": "r-remote"})
+            bound = sum(len(text.encode()) + 64 for text in INPUT)
+            typical = sum(-(-len(text.encode()) // 4) + 2 for text in INPUT)
+            charged += assert_charged(books, r, "r-remote", provider="liar", price=DEAR,
+                                      tokens=typical if reported < 0 else bound, upstream_tokens=None,
+                                      reserved_price=DEAR, reserved_tokens=bound)
+            totals = books.check()
+            assert totals["settled"] == 2 and totals["refunded"] == 0
+            assert before - books.balance(account_id) == charged
 
 
 # -- a pure gateway from TOML (subprocess) over two upstreams that die ------------------------------------------
