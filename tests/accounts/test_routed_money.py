@@ -198,8 +198,9 @@ def test_an_idempotent_retry_through_the_router_is_charged_once(settings, tmp_pa
 
 
 @contextmanager
-def misreporting(target: str, prompt_tokens: int) -> Iterator[str]:
-    """A proxy to the upstream ``target`` that answers its vectors with ``prompt_tokens`` as the usage."""
+def misreporting(target: str, prompt_tokens: int | None) -> Iterator[str]:
+    """A proxy to the upstream ``target`` that answers its vectors with ``prompt_tokens`` as the usage (None:
+    without usage)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:   # noqa: N802 (http.server's name)
@@ -209,7 +210,9 @@ def misreporting(target: str, prompt_tokens: int) -> Iterator[str]:
             content = r.content
             if r.status_code == 200:
                 payload = r.json()
-                payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+                payload.pop("usage")
+                if prompt_tokens is not None:
+                    payload["usage"] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
                 content = json.dumps(payload).encode()
             self.send_response(r.status_code)
             self.send_header("content-type", "application/json")
@@ -260,6 +263,29 @@ def test_an_upstream_misreporting_usage_is_still_charged_once(settings, tmp_path
                                       reserved_price=DEAR, reserved_tokens=bound)
             totals = books.check()
             assert totals["settled"] == 2 and totals["refunded"] == 0
+            assert before - books.balance(account_id) == charged
+
+
+def test_token_ids_through_a_route_without_tokenizer_are_billed_as_the_upstream_counts_them(settings, tmp_path,
+                                                                                           minilm_recipe):
+    """The reservation's bound must hold the special tokens the upstream wraps token ids in, or it under-bills."""
+    content = [item.token_ids[1:-1] for item in minilm_recipe.prepare_texts(INPUT)]   # without [CLS] ... [SEP]
+    account_id, key = account_with(settings, credit_micro=CREDIT)
+    with upstream(tmp_path, "upstream") as up, misreporting(up, None) as mute, books_for(settings) as books:
+        gateway = settings.with_(models=(), providers=(remote("cheap", up, CHEAP), remote("mute", mute, DEAR)))
+        with live_server(gateway) as base:
+            before = books.balance(account_id)
+            bound = sum(len(ids) + 64 for ids in content)
+            charged = 0
+            # `mute` reports no usage: token ids are counted (plus the two special tokens), not guessed.
+            for request_id, provider, price, reported in (("r-ids", "cheap", CHEAP, TOKENS),
+                                                          ("r-ids-mute", "mute", DEAR, None)):
+                r = httpx.post(f"{base}/v1/embeddings", timeout=60,
+                               json={"model": MODEL, "input": content, "provider": {"order": [provider]}},
+                               headers={"authorization": f"Bearer {key}", "x-request-id": request_id})
+                charged += assert_charged(books, r, request_id, provider=provider, price=price, tokens=TOKENS,
+                                          upstream_tokens=reported, reserved_price=DEAR, reserved_tokens=bound)
+            books.check()
             assert before - books.balance(account_id) == charged
 
 
