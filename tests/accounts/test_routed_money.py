@@ -143,7 +143,7 @@ def test_each_request_is_charged_at_the_serving_providers_price(settings, tmp_pa
             ("r-default", None, "cheap", DEAR, TOKENS),                                   # cheapest first
             ("r-dear", {"order": ["dear"]}, "dear", DEAR, TOKENS),
             ("r-local", {"order": ["local"]}, "local", DEAR, None),                       # no upstream usage
-            ("r-floor", {"sort": "price", "ignore": ["cheap"]}, "local", DEAR, None),
+            ("r-no-cheap", {"sort": "price", "ignore": ["cheap"]}, "local", DEAR, None),
             ("r-only-dear", {"only": ["dear"], "allow_fallbacks": False}, "dear", DEAR, TOKENS),
             ("r-max-price", {"max_price": {"prompt": LOCAL}}, "cheap", LOCAL, TOKENS),     # dear excluded
             ("r-local-only", {"order": ["local"], "allow_fallbacks": False}, "local", LOCAL, None),
@@ -177,7 +177,7 @@ def test_we_bill_our_own_count_and_record_the_upstreams_beside_it(settings, tmp_
         theirs = httpx.post(f"{up}/v1/embeddings", json={"model": MODEL, "input": INPUT}, timeout=60)
         assert theirs.status_code == 200, theirs.text
         provider, tokens, upstream_tokens, _, _ = books.usage("r-upstream")
-        assert (provider, tokens) == ("dear", r.json()["usage"]["prompt_tokens"])
+        assert (provider, tokens) == ("dear", r.json()["usage"]["prompt_tokens"]) == ("dear", TOKENS)
         assert upstream_tokens == theirs.json()["usage"]["prompt_tokens"]
 
 
@@ -237,9 +237,11 @@ def misreporting(target: str, prompt_tokens: int | None) -> Iterator[str]:
 REMOTE_ONLY = "minilm-remote"                    # a second route: the same upstream model, no local deployment
 
 
-@pytest.mark.parametrize("reported", [-1, 2**40], ids=["negative", "beyond-int32"])
+@pytest.mark.parametrize("reported", [7, -1, 2**40], ids=["low", "negative", "beyond-int32"])
 def test_an_upstream_misreporting_usage_is_still_charged_once(settings, tmp_path, reported):
-    """A usage count that is no count (negative, or too large to be one) never fails the settlement."""
+    """Our own count is billed where we have one; a usage that is no count (negative, or too large to be one)
+    is not recorded and never fails the settlement."""
+    recorded = reported if 0 <= reported < 2**31 else None
     account_id, key = account_with(settings, credit_micro=CREDIT)
     with upstream(tmp_path, "upstream") as up, misreporting(up, reported) as liar, books_for(settings) as books:
         local = ModelConfig(**{**default_model().__dict__, "price_per_million_usd": LOCAL})
@@ -248,18 +250,18 @@ def test_an_upstream_misreporting_usage_is_still_charged_once(settings, tmp_path
         gateway = settings.with_(models=(local,), providers=(liar_config,))
         with live_server(gateway, loader=fake_loader(FakeEngine())) as base:
             before = books.balance(account_id)
-            # Our own count is billed; the upstream's is recorded only when it is one.
             charged = assert_charged(books, embed(base, key, "r-exact", {"order": ["liar"]}), "r-exact",
-                                     provider="liar", price=DEAR, tokens=TOKENS, upstream_tokens=None,
+                                     provider="liar", price=DEAR, tokens=TOKENS, upstream_tokens=recorded,
                                      reserved_price=DEAR, reserved_tokens=TOKENS)
-            # No tokenizer here: a negative count is no count (about four bytes a token), a huge one is held to
-            # the reservation's bound.
+            # No tokenizer here: the upstream's count is billed, a huge one held to the reservation's bound, and a
+            # negative one is no count (about four bytes a token).
             r = httpx.post(f"{base}/v1/embeddings", json={"model": REMOTE_ONLY, "input": INPUT}, timeout=60,
                            headers={"authorization": f"Bearer {key}", "x-request-id": "r-remote"})
             bound = sum(len(text.encode()) + 64 for text in INPUT)
             typical = sum(-(-len(text.encode()) // 4) + 2 for text in INPUT)
             charged += assert_charged(books, r, "r-remote", provider="liar", price=DEAR,
-                                      tokens=typical if reported < 0 else bound, upstream_tokens=None,
+                                      tokens=typical if reported < 0 else min(reported, bound),
+                                      upstream_tokens=recorded,
                                       reserved_price=DEAR, reserved_tokens=bound)
             totals = books.check()
             assert totals["settled"] == 2 and totals["refunded"] == 0
