@@ -84,7 +84,7 @@ def test_settling_above_the_reservation_is_refused_and_leaves_it_held(settings):
             charge = await gate.reserve(principal, model="m", tokens=100, price_per_million_usd=1.0,
                                         request_id="r")
             for bad in ({"cost_micro": 101}, {"tokens": 101}, {"cost_micro": -1}, {"upstream_tokens": -1},
-                        {"provider": "x" * 101}, {"provider": ""}):
+                        {"upstream_tokens": 2**31}, {"provider": "x" * 101}, {"provider": ""}):
                 with pytest.raises(ValueError):
                     await gate.settle(charge, status=200, latency_ms=1.0, **bad)
             assert (await gate.get_account(principal.account_id)).balance_micro == CREDIT - 100

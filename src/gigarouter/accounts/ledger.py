@@ -35,6 +35,7 @@ from gigarouter.errors import Forbidden, InsufficientCredit, NotFound
 
 MICRO = 1_000_000
 MAX_PROVIDER_CHARS = 100             # usage_records.provider
+MAX_UPSTREAM_TOKENS = 2**31 - 1      # usage_records.upstream_tokens is a 32-bit INTEGER on every database
 
 
 def price_micro_per_million(price_per_million_usd: float | Decimal | str | None) -> int:
@@ -194,6 +195,9 @@ def _check_final(*, cost_micro: int | None, tokens: int | None, provider: str | 
     for name, value in (("cost_micro", cost_micro), ("tokens", tokens), ("upstream_tokens", upstream_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+    if upstream_tokens is not None and upstream_tokens > MAX_UPSTREAM_TOKENS:
+        # Refused here, alike on SQLite (which would store it) and Postgres (which would fail the commit).
+        raise ValueError(f"upstream_tokens must be at most {MAX_UPSTREAM_TOKENS}, not {upstream_tokens}")
     if provider is not None and not 0 < len(provider) <= MAX_PROVIDER_CHARS:
         raise ValueError(f"provider must be 1 to {MAX_PROVIDER_CHARS} characters")
 

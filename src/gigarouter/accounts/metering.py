@@ -15,7 +15,10 @@ ledger's own integer arithmetic (``cost_micro(tokens, price_micro_per_million
 - tokens above the reserved count are clamped to it (logged): the reservation
   was the bound the customer agreed to;
 - a cost above the reserved cost (a serving price above the bound the router
-  reserved at: a router bug) is clamped to the reserved cost (logged).
+  reserved at: a router bug) is clamped to the reserved cost (logged);
+- an ``upstream_tokens`` that is no count (a provider reporting a negative or
+  absurd usage) is recorded as None (logged): what a remote says about itself
+  never fails the settlement of a request it served.
 
 Leaving the block without a settlement refunds the reservation, exactly once:
 
@@ -74,7 +77,7 @@ class Meter:
         """Charge ``tokens`` (None: as reserved) at the serving ``price_per_million_usd``; the cost charged.
 
         Clamped to the reservation (see the module's docstring). ``upstream_tokens``
-        is recorded as reported, beside ours. Calling it twice, or after the
+        is recorded as reported, beside ours, when it is a token count. Calling it twice, or after the
         block, is a bug: ``RuntimeError``.
         """
         if self._ended:
@@ -82,6 +85,7 @@ class Meter:
         if self._closed or self._settling is not None:
             raise RuntimeError(f"request {self._charge.request_id} was already settled or refunded")
         final_tokens, cost = self._final(tokens, price_per_million_usd)
+        upstream_tokens = self._reported(upstream_tokens, provider)
         self._settling = asyncio.ensure_future(self._gate.settle(
             self._charge, status=status, latency_ms=latency_ms, response=response, cost_micro=cost,
             tokens=final_tokens, provider=provider, upstream_tokens=upstream_tokens))
@@ -110,6 +114,16 @@ class Meter:
                             reserved.cost_micro)
             cost = reserved.cost_micro
         return tokens, cost
+
+    def _reported(self, upstream_tokens: int | None, provider: str | None) -> int | None:
+        """The upstream's count as recorded: one that is no count (negative, not an integer, or beyond what
+        ``usage_records`` holds) is recorded as None, logged, and never fails the settlement of a served request."""
+        if upstream_tokens is None or (isinstance(upstream_tokens, int) and not isinstance(upstream_tokens, bool)
+                                       and 0 <= upstream_tokens <= ledger.MAX_UPSTREAM_TOKENS):
+            return upstream_tokens
+        log.warning("request %s: provider %s reported %r tokens, which is no token count; not recorded",
+                    self._charge.request_id, provider, upstream_tokens)
+        return None
 
     async def _end(self, status: int) -> None:
         """Leaving the block: settled already, or waits for a started settlement, or refunds with ``status``."""

@@ -200,12 +200,15 @@ class Route:
                          interactive=tokens <= interactive_max_tokens, **options)
 
     def _estimate(self, texts: list[str] | None, token_ids: list[list[int]] | None, instruction: str | None) -> int:
-        """An upper bound on what the upstream's tokenizer can count (no piece is shorter than a byte)."""
-        if token_ids is not None:
-            return sum(len(ids) for ids in token_ids)
+        """An upper bound on what the upstream's tokenizer can count (no piece is shorter than a byte).
+
+        Token ids are content: the upstream still wraps each in its special tokens and instruction
+        template, so they get the same room as texts (a bare count would under-bill every request).
+        """
         extra = _ESTIMATE_OVERHEAD_TOKENS + (len(instruction.encode()) if instruction else 0)
+        lengths = [len(ids) for ids in token_ids] if token_ids is not None else [len(t.encode()) for t in texts]
         cap = self.max_tokens
-        return sum(min(len(t.encode()) + extra, cap) if cap else len(t.encode()) + extra for t in texts)
+        return sum(min(n + extra, cap) if cap else n + extra for n in lengths)
 
     # -- running -----------------------------------------------------------------------------
 

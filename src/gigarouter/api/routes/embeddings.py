@@ -121,9 +121,11 @@ def _billed_tokens(call: EmbedCall, routed: Routed, model: str, metrics: Metrics
 
 
 def _typical_tokens(call: EmbedCall) -> int:
-    """No count from anyone (an upstream without usage): about four bytes a token, as BPE vocabularies average."""
+    """No count from anyone (an upstream without usage): about four bytes a token, as BPE vocabularies average;
+    token ids are counted, not guessed (``call.tokens`` is then a bound with room for templates, not a count).
+    Two per input for the special tokens either way."""
     if call.texts is None:
-        return call.tokens
+        return max(call.count, min(call.tokens, sum(len(ids) + 2 for ids in call.token_ids)))
     return max(call.count, min(call.tokens, sum(-(-len(t.encode()) // 4) + 2 for t in call.texts)))
 
 
