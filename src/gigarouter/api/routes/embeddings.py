@@ -54,7 +54,10 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
             route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
             instruction=req.instruction, truncate=req.truncate, interactive_max_tokens=settings.interactive_max_tokens))
         tokenized = time.perf_counter()
-        rate_headers = await gate.check_rate(principal, tokens=call.tokens)
+        # The tokens-per-minute limit counts what the request is likely to cost: exact where we
+        # tokenize, else a typical count rather than the reservation's much larger bound.
+        rate_headers = await gate.check_rate(principal, tokens=call.tokens if call.exact_tokens
+                                             else _typical_tokens(call))
         async with metered(gate, principal, model=route.name, tokens=call.tokens,
                            price_per_million_usd=plan.max_price_per_million_usd,
                            request_id=request.state.request_id, idempotency=slot) as meter:
