@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.router.helpers import embed, gateway, provider, same_vectors, states, vectors, wait_state
+from tests.router.helpers import embed, gateway, provider, same_vectors, served_by, states, vectors, wait_state
 from tests.router.upstream import Upstream, upstreams
 
 CLIENTS = 8
@@ -88,3 +88,32 @@ def _wait(done, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def test_requests_failing_together_do_not_stretch_the_breaker_cooldown(ups):
+    """Many requests in flight when an upstream dies all fail at once; that is one outage, not many
+    failed half-open probes: the provider is probed again after about the base cooldown."""
+    victim, backup = ups["victim"], ups["backup"]
+    if victim.proc is None or victim.proc.poll() is not None:
+        victim.start()
+    victim.control("slow", delay_s=1.0)        # hold every request in the victim until it dies
+    providers = [provider("victim", victim, 0.01), provider("backup", backup, 0.02)]
+    with gateway(providers, breaker_failures=3, breaker_cooldown_s=0.5) as gw:
+        before = victim.stats()["requests"]
+        done: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: done.append(embed(gw, TEXT))) for _ in range(2 * CLIENTS)]
+        for t in threads:
+            t.start()
+        _wait(lambda: victim.stats()["requests"] - before >= 2 * CLIENTS, "every request to reach the victim")
+        victim.kill()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(done) == 2 * CLIENTS and all(served_by(r) == "backup" for r in done)
+        assert states(gw)["victim"] == "down"
+
+        victim.start()
+        restarted = time.monotonic()
+        wait_state(gw, "victim", "healthy", timeout=30)
+        # A half-open probe every tick (1 s) once the cooldown is over; the cooldown doubles only
+        # when such a probe fails (a couple of times while the victim restarts), not per request.
+        assert time.monotonic() - restarted < 10
