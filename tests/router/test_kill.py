@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.router.helpers import embed, gateway, provider, same_vectors, served_by, states, vectors, wait_state
+from tests.conftest import free_port
 from tests.router.upstream import Upstream, upstreams
 
 CLIENTS = 8
@@ -117,3 +118,18 @@ def test_requests_failing_together_do_not_stretch_the_breaker_cooldown(ups):
         # A half-open probe every tick (1 s) once the cooldown is over; the cooldown doubles only
         # when such a probe fails (a couple of times while the victim restarts), not per request.
         assert time.monotonic() - restarted < 10
+
+
+def test_a_provider_down_at_start_does_not_hold_the_gateway_back_and_joins_when_up(ups, backend):
+    late = Upstream(backend, port=free_port(), log_dir=ups["backup"].log.parent)   # nothing listens there yet
+    providers = [provider("late", late, 0.01), provider("backup", ups["backup"], 0.02)]
+    try:
+        with gateway(providers, breaker_failures=3, breaker_cooldown_s=0.5) as gw:     # ready without it
+            assert states(gw) == {"late": "down", "backup": "healthy"}
+            assert served_by(embed(gw)) == "backup"
+            late.start()
+            wait_state(gw, "late", "healthy", timeout=30)
+            r = embed(gw, TEXT)
+            assert served_by(r) == "late" and same_vectors(vectors(r), vectors(embed(backend, TEXT)))
+    finally:
+        late.stop()
