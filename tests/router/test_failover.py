@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,7 +34,8 @@ def ups(backend: str, tmp_path_factory) -> Iterator[dict[str, Upstream]]:
 
 @pytest.fixture(scope="module")
 def gw(ups: dict[str, Upstream]) -> Iterator[str]:
-    providers = [provider("flaky", ups["flaky"], 0.01, timeout_s=FLAKY_TIMEOUT_S), provider("backup", ups["backup"], 0.02)]
+    providers = [provider("flaky", ups["flaky"], 0.01, timeout_s=FLAKY_TIMEOUT_S),
+                 provider("backup", ups["backup"], 0.02)]
     with gateway(providers, breaker_failures=BREAKER_FAILURES, breaker_cooldown_s=0.5) as base:
         yield base
 
@@ -53,7 +55,7 @@ def _revive(gw: str, flaky: Upstream) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(backend: str) -> httpx.Response:
+def reference(backend: str) -> np.ndarray:
     return vectors(embed(backend))
 
 
