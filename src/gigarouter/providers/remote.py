@@ -45,6 +45,7 @@ class RemoteProvider:
         self.name = config.name
         headers = {"content-type": "application/json"}
         key = environ.get(config.api_key_env) if config.api_key_env else None
+        self._key = key or None
         if key:
             headers["authorization"] = f"Bearer {key}"
         self._httpx = httpx
@@ -83,7 +84,7 @@ class RemoteProvider:
 
     def _failure(self, response) -> Exception:
         status = response.status_code
-        message = _upstream_message(response.content)
+        message = _upstream_message(response.content, secret=self._key)
         if status in CLIENT_STATUSES:
             return ProviderRejected(f"provider {self.name!r} rejected the request: {message}", param="input")
         retry_after = _retry_after(response.headers.get("retry-after"))
@@ -130,13 +131,16 @@ def _vector(value: Any) -> np.ndarray:
     return vector
 
 
-def _upstream_message(content: bytes) -> str:
+def _upstream_message(content: bytes, *, secret: str | None = None) -> str:
+    """The upstream's error message, cut short, with our key taken out if it quotes it back."""
     try:
         error = orjson.loads(content).get("error")
         message = error.get("message") if isinstance(error, dict) else error
     except (orjson.JSONDecodeError, AttributeError):
         message = None
-    text = message if isinstance(message, str) else content[:_MAX_MESSAGE].decode("utf-8", "replace")
+    text = message if isinstance(message, str) else content[:_MAX_MESSAGE + 4096].decode("utf-8", "replace")
+    if secret:
+        text = text.replace(secret, "[redacted]")
     return text[:_MAX_MESSAGE] or "(no body)"
 
 

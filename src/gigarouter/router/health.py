@@ -55,10 +55,11 @@ class Health:
         self._outcomes.append((now, False))
         self.consecutive_failures += 1
         if self.open_until is not None:
-            if now >= self.open_until:            # a failed half-open probe: wait longer
+            # Past the cooldown it is a failed half-open probe: wait longer. Before it, a request
+            # that was under way when the breaker opened: the same outage, already counted.
+            if now >= self.open_until:
                 self.cooldown_s = min(MAX_COOLDOWN_S, self.cooldown_s * 2)
                 self.open_until = now + self.cooldown_s
-            # else: a request sent before the breaker opened failed; it is no probe
         elif self.consecutive_failures >= self.failures_to_open:
             self.open_until = now + self.cooldown_s
 

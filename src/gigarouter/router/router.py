@@ -157,8 +157,13 @@ class Router:
         if local is not None:
             reference = local[1]
         elif answered:
-            group = largest_agreeing_group([v for _, v in answered])
+            candidates = [v for _, v in answered]
+            group = largest_agreeing_group(candidates)
             reference = answered[group[0]][1]
+            if route.reference:   # a tie keeps the vector space clients already index in
+                kept = [i for i, v in enumerate(candidates) if agree(v, route.reference)]
+                if kept and len(kept) >= len(group):
+                    reference = route.reference
         else:
             reference = route.reference or None
         if reference is not None:
