@@ -221,9 +221,13 @@ def gateway_markdown(result: dict) -> str:
     def line(key: str, label: str, unit: str = "x") -> str | None:
         if key not in rounds:
             return None
+
+        def num(v: float) -> str:    # small ratios (a proxy against the bare upstream) keep two digits
+            return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.2g}"
+
         med = summ["ratios"][key]
-        each = ", ".join(f"{v:.2f}" for v in rounds[key])
-        return f"- {label}: **{med:.2f}{unit}** (per round {each})"
+        each = ", ".join(num(v) for v in rounds[key])
+        return f"- {label}: **{num(med)}{unit}** (per round {each})"
 
     lines = [line("gigarouter_added_p50_ms", "gigarouter added latency p50, c=1", " ms"),
              line("gigarouter_added_p99_ms", "gigarouter added latency p99, c=1", " ms"),
