@@ -198,6 +198,46 @@ def compare(
 
 
 @app.command()
+def gateway(
+    litellm: Annotated[Optional[Path], typer.Option(help="LiteLLM's `litellm` executable (its own venv); "
+                                                         "default: /tmp/litellm-venv/bin/litellm if present.")] = None,
+    no_litellm: Annotated[bool, typer.Option("--no-litellm", help="Measure direct vs gigarouter only.")] = False,
+    rounds: Annotated[int, typer.Option(help="Rounds; the target order rotates from round to round.")] = 4,
+    seconds: Annotated[float, typer.Option(help="Seconds per wrk run (at most 30).")] = 6.0,
+    concurrency: Annotated[int, typer.Option(help="Connections of the saturating run.")] = 32,
+    encoding_format: Annotated[str, typer.Option(help="float or base64: what the client asks for.")] = "float",
+    port: Annotated[int, typer.Option(help="Upstream port; the gateway takes +1, LiteLLM +2.")] = 18400,
+    out: OutOption = None,
+) -> None:
+    """The gateway's added latency and throughput ceiling in front of a fast upstream, vs direct and LiteLLM (wrk)."""
+    import shutil
+
+    from gigarouter.bench import report
+    from gigarouter.bench.gateway import GatewayOptions, run_gateway_bench
+
+    if shutil.which("wrk") is None:
+        raise typer.BadParameter("wrk not found (Debian: apt-get install -y wrk)")
+    if encoding_format not in ("float", "base64"):
+        raise typer.BadParameter("float or base64", param_hint="--encoding-format")
+    default = Path("/tmp/litellm-venv/bin/litellm")
+    bin_ = None if no_litellm else (litellm or (default if default.exists() else shutil.which("litellm")))
+    if not no_litellm and bin_ is None:
+        raise typer.BadParameter("litellm not found; pass --litellm or --no-litellm "
+                                 "(docs/benchmarks.md shows how to install it)", param_hint="--litellm")
+    opts = GatewayOptions(litellm_bin=Path(bin_) if bin_ else None, rounds=max(1, rounds),
+                          seconds=min(seconds, 30.0), concurrency=concurrency, encoding_format=encoding_format,
+                          base_port=port)
+    result = run_gateway_bench(opts, command=_command(), log=_log)
+    print(report.gateway_markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+    if not result["valid"]:
+        _log("some requests failed: the result is invalid")
+        raise typer.Exit(1)
+
+
+@app.command()
 def profile(
     py_spy: Annotated[Optional[Path], typer.Option(help="py-spy executable (default: on PATH).")] = None,
     seconds: Annotated[float, typer.Option(help="Seconds py-spy records per load (at most 20).")] = 10.0,

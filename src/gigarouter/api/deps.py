@@ -1,4 +1,8 @@
-"""Typed dependencies: the services built in the app's lifespan, injected into handlers."""
+"""Typed dependencies: the services built in the app's lifespan, injected into handlers.
+
+They are ``async def`` although they do not await: FastAPI runs a plain ``def``
+dependency in a worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,19 @@ from gigarouter.router.router import Router
 from gigarouter.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_router(request: Request) -> Router:
+async def get_router(request: Request) -> Router:
     return request.app.state.router
 
 
-def get_gate(request: Request) -> Gate:
+async def get_gate(request: Request) -> Gate:
     return request.app.state.gate
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

@@ -202,6 +202,49 @@ def plot_compare(result: dict, directory: Path, stem: str = "compare") -> list[P
     return paths
 
 
+# -- gateway --------------------------------------------------------------------------------------
+
+def gateway_markdown(result: dict) -> str:
+    summ, c = result["summary"], result["settings"]["concurrency"]
+    direct = summ["targets"]["direct"]
+    rows = []
+    for name, t in summ["targets"].items():
+        added = None if name == "direct" else (f"{t['c1_p50_ms'] - direct['c1_p50_ms']:.2f} / "
+                                               f"{t['c1_p99_ms'] - direct['c1_p99_ms']:.2f}")
+        rows.append((name, f"{t['c1_p50_ms']:.2f}", f"{t['c1_p99_ms']:.2f}", added or "-",
+                     t["max_requests_per_s"], f"{t['max_p50_ms']:.1f} / {t['max_p99_ms']:.1f}",
+                     _fmt(t["max_cpu_ms_per_request"], 3), t["failed"]))
+    out = [table(["target", "c=1 p50 ms", "c=1 p99 ms", "added p50 / p99 ms", f"c={c} req/s",
+                  f"c={c} p50 / p99 ms", f"c={c} server CPU ms/req", "failed requests"], rows)]
+    rounds = summ["per_round"]
+
+    def line(key: str, label: str, unit: str = "x") -> str | None:
+        if key not in rounds:
+            return None
+
+        def num(v: float) -> str:    # small ratios (a proxy against the bare upstream) keep two digits
+            return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.2g}"
+
+        med = summ["ratios"][key]
+        each = ", ".join(num(v) for v in rounds[key])
+        return f"- {label}: **{num(med)}{unit}** (per round {each})"
+
+    lines = [line("gigarouter_added_p50_ms", "gigarouter added latency p50, c=1", " ms"),
+             line("gigarouter_added_p99_ms", "gigarouter added latency p99, c=1", " ms"),
+             line("litellm_added_p50_ms", "litellm added latency p50, c=1", " ms"),
+             line("litellm_added_p99_ms", "litellm added latency p99, c=1", " ms"),
+             line("gigarouter_vs_direct_throughput", f"throughput gigarouter / direct, c={c}"),
+             line("gigarouter_vs_litellm_throughput", f"throughput gigarouter / litellm, c={c}"),
+             line("litellm_vs_gigarouter_p50", "latency litellm / gigarouter, c=1 p50"),
+             line("litellm_vs_gigarouter_p99", "latency litellm / gigarouter, c=1 p99"),
+             line("litellm_vs_gigarouter_cpu_per_request", f"server CPU per request litellm / gigarouter, c={c}")]
+    out += ["", "Medians over rounds; ratios taken within each round, then their median:", "",
+            *[x for x in lines if x]]
+    if not result.get("valid", True):
+        out += ["", "**INVALID: some requests failed (see `failed requests`).**"]
+    return "\n".join(out)
+
+
 def _pyplot():
     import matplotlib
 

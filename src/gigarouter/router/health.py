@@ -16,6 +16,10 @@ from collections import deque
 WINDOW_S = 3600.0
 MAX_COOLDOWN_S = 60.0
 _MAX_SAMPLES = 4096
+#: The p50 is recomputed once this share of the samples is new, or after a second:
+#: routing asks for it on every request, and a median of 4,096 samples costs ~1 ms.
+_P50_STALE_FRACTION = 1 / 64
+_P50_STALE_S = 1.0
 
 
 class Health:
@@ -29,6 +33,8 @@ class Health:
         self._clock = clock
         self._latencies: deque[tuple[float, float]] = deque(maxlen=_MAX_SAMPLES)   # (when, seconds)
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=_MAX_SAMPLES)      # (when, ok)
+        self._added = 0                             # latency samples ever added
+        self._p50: tuple[float, int, float | None] | None = None   # (computed at, _added then, value)
 
     @property
     def is_open(self) -> bool:
@@ -46,6 +52,7 @@ class Health:
         self._outcomes.append((now, True))
         if seconds is not None:
             self._latencies.append((now, seconds))
+            self._added += 1
             if tokens and seconds > 0:
                 rate = tokens / seconds
                 self.tokens_per_s = rate if not self.tokens_per_s else 0.8 * self.tokens_per_s + 0.2 * rate
@@ -64,8 +71,16 @@ class Health:
             self.open_until = now + self.cooldown_s
 
     def p50_latency_ms(self) -> float | None:
-        recent = [s for when, s in self._latencies if when >= self._clock() - WINDOW_S]
-        return round(statistics.median(recent) * 1000, 2) if recent else None
+        now = self._clock()
+        if self._p50 is not None:
+            at, added, value = self._p50
+            fresh = self._added - added <= len(self._latencies) * _P50_STALE_FRACTION
+            if fresh and now - at < _P50_STALE_S:
+                return value
+        recent = [s for when, s in self._latencies if when >= now - WINDOW_S]
+        value = round(statistics.median(recent) * 1000, 2) if recent else None
+        self._p50 = (now, self._added, value)
+        return value
 
     def uptime(self) -> float | None:
         """Share of the last hour's requests and probes that succeeded (None: nothing seen yet)."""

@@ -50,9 +50,12 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         plan = route.plan(parse_preferences(req.provider, suffix_sort=suffix_sort))
         _check_dimensions(req.dimensions, route.dim)
         tokenize_started = time.perf_counter()
-        call = await run_in_threadpool(partial(
-            route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
-            instruction=req.instruction, truncate=req.truncate, interactive_max_tokens=settings.interactive_max_tokens))
+        prepare = partial(route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
+                          instruction=req.instruction, truncate=req.truncate,
+                          interactive_max_tokens=settings.interactive_max_tokens)
+        # Tokenizing blocks: off the loop. Without a tokenizer here (a remote-only model) it is a
+        # byte count, cheaper than the hop to a worker thread.
+        call = await run_in_threadpool(prepare) if route.recipe is not None else prepare()
         tokenized = time.perf_counter()
         # The tokens-per-minute limit counts what the request is likely to cost: exact where we
         # tokenize, else a typical count rather than the reservation's much larger bound.
