@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class Embedder:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="embedder-loop", daemon=True)
         self._thread.start()
+        # Stop the scheduler and the loop when the Embedder is collected or the process exits
+        # (without holding a reference to self, so it can be collected).
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self._thread, self._router)
         deployment = self._route.local
         self._wait(deployment.load(load_model, settings, metrics=None))
         if deployment.state != "ready":
@@ -113,17 +117,23 @@ class Embedder:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def close(self) -> None:
-        """Stop the model's scheduler and the private loop (also done when the process exits)."""
-        if self._loop.is_running():
-            self._wait(self._router.stop())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
+        """Stop the model's scheduler and the private loop (also done when collected or at exit)."""
+        self._finalizer()
 
     def __enter__(self) -> "Embedder":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, router: Router) -> None:
+    if loop.is_running():
+        asyncio.run_coroutine_threadsafe(router.stop(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
 
 
 def _find(settings: Settings, name: str) -> ModelConfig:
