@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
 from gigarouter.errors import NoProviderAvailable
 from gigarouter.metrics import Metrics
@@ -85,19 +86,17 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-class _CountingLRU:
-    """cachetools' LRUCache bounded in bytes, telling its owner about each eviction."""
+class _CountingLRU(LRUCache):
+    """cachetools' LRU, bounded by its values' sizes, telling its owner about each eviction."""
 
     def __init__(self, max_bytes: int, on_evict) -> None:
-        from cachetools import LRUCache
+        super().__init__(maxsize=max_bytes, getsizeof=lambda value: value[2])
+        self._on_evict = on_evict
 
-        class Counting(LRUCache):
-            def popitem(self):
-                key, value = super().popitem()
-                on_evict(value)
-                return key, value
-
-        self.lru = Counting(maxsize=max_bytes, getsizeof=lambda value: value[2])
+    def popitem(self):
+        key, value = super().popitem()
+        self._on_evict(value)
+        return key, value
 
 
 class MemoryStore:
@@ -110,7 +109,7 @@ class MemoryStore:
         self.metrics = metrics
         self.bytes: dict[str, int] = defaultdict(int)        # per model
         self.evictions: dict[str, int] = defaultdict(int)
-        self._lru = _CountingLRU(max_bytes, self._evicted).lru
+        self._lru = _CountingLRU(max_bytes, self._evicted)
 
     async def get(self, model: str, keys: Sequence[bytes]) -> list[bytes | None]:
         out = []
