@@ -401,3 +401,20 @@ async def test_the_memory_store_is_bounded_in_bytes_and_counts_evictions():
     assert sample(r, "gigarouter_cache_evictions_total") == 1 and sample(r, "gigarouter_cache_bytes") == 3 * entry
     assert (await embed(r, items_call((1,), (3,), (4,)))).cache == "hit"
     assert (await embed(r, items_call((2,)))).cache == "miss"
+
+
+def test_a_gateway_routes_cached_price_is_the_highest_its_providers_set(tmp_path):
+    from gigarouter.router.router import Router
+    from gigarouter.settings import ProviderConfig, Settings
+
+    def remote(name, models, cached=None):
+        return ProviderConfig(name=name, base_url="http://127.0.0.1:9/v1", models=tuple((m, m) for m in models),
+                              cached_price_per_million_usd=cached)
+
+    settings = Settings(data_dir=tmp_path, models=(), providers=(remote("a", ["x", "y"], 0.001),
+                                                                 remote("b", ["x"], 0.003), remote("c", ["y"])))
+    router = Router(settings, remotes={n: Provider(n) for n in "abc"})
+    assert router.find("x").cached_price_per_million_usd == 0.003
+    assert router.find("y").cached_price_per_million_usd == 0.001
+    assert router.find("x").cache is router.cache is not None
+    assert Router(settings.with_(cache="off"), remotes={n: Provider(n) for n in "abc"}).find("x").cache is None

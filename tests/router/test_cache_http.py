@@ -91,8 +91,10 @@ def test_one_entry_serves_every_encoding_dimension_and_normalisation(fake_client
 def test_the_server_setting_off_turns_the_cache_off(fake_client_factory):
     from tests.conftest import FakeEngine
 
+    assert fake_client_factory().get(f"/v1/models/{MODEL}").json()["cached_price_per_million_usd"] == 0
     engine = FakeEngine()
     client = fake_client_factory(engine, cache="off")
+    assert client.get(f"/v1/models/{MODEL}").json()["cached_price_per_million_usd"] is None
     for _ in range(2):
         r = post(client, input=["same", "same"])
         assert r.status_code == 200 and "x-gigarouter-cache" not in r.headers

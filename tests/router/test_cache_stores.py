@@ -9,6 +9,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,22 @@ def test_the_settings_choose_the_store(tmp_path):
                 {"cache_ttl_s": 1.5}, {"cache_prefix": ""}):
         with pytest.raises(ConfigError):
             Settings(data_dir=tmp_path, **bad)
+
+
+def test_the_cache_settings_in_the_config_file(tmp_path):
+    from gigarouter.settings import load_settings
+
+    path = tmp_path / "gigarouter.toml"
+    path.write_text('cache = "file"\ncache_path = "~/emb-cache"\ncache_scope = "global"\ncache_file_max_bytes = 1000\n'
+                    '[[models]]\nname = "mini"\nrecipe = "sbert"\nweights = "w"\ncached_price_per_million_usd = 0.5\n'
+                    '[[providers]]\nname = "acme"\nbase_url = "https://api.example.com/v1"\nmodels = ["e5"]\n'
+                    'cached_price_per_million_usd = 1\n')
+    settings = load_settings(path)
+    assert settings.cache == "file" and settings.cache_scope == "global" and settings.cache_file_max_bytes == 1000
+    assert settings.resolved_cache_path == Path("~/emb-cache").expanduser()
+    assert settings.models[0].cached_price_per_million_usd == 0.5
+    assert settings.providers[0].cached_price_per_million_usd == 1
+    for bad in ('cached_price_per_million_usd = -1', 'cached_price_per_million_usd = "free"'):
+        path.write_text(f'[[models]]\nname = "mini"\nrecipe = "sbert"\nweights = "w"\n{bad}\n')
+        with pytest.raises(ConfigError, match="cached_price_per_million_usd"):
+            load_settings(path)
