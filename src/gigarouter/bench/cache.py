@@ -207,6 +207,10 @@ def summarize(result: dict) -> list[dict]:
                 "p50_ms": float(np.mean([r["latency_ms"]["p50"] for r in mine])),
                 "p99_ms": float(np.mean([r["latency_ms"]["p99"] for r in mine])),
                 "hit_ratio": float(np.mean([r["hit_ratio"] for r in mine])),
+                # Server CPU time per input: what the work cost, less swayed than wall time by a busy machine.
+                "cpu_ms_per_input": _mean([r.get("server_cpu_ms_per_input") for r in mine]),
+                "cpu_vs_off": ratio(lambda r: r.get("server_cpu_ms_per_input")) if all(
+                    r.get("server_cpu_ms_per_input") for r in [*mine, *base.values()]) else None,
                 "errors": sum(sum(r["errors"].values()) for r in mine),
                 "throughput_vs_off": ratio(lambda r: r["inputs_per_s"]),
                 "p50_vs_off": ratio(lambda r: r["latency_ms"]["p50"]),
@@ -215,15 +219,20 @@ def summarize(result: dict) -> list[dict]:
     return rows
 
 
+def _mean(values: list) -> float | None:
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
 def markdown(result: dict) -> str:
     from gigarouter.bench import report
 
     return report.table(
         ["inputs/request", "concurrency", "cache", "inputs/s", "x off", "p50 ms", "x off", "p99 ms", "x off",
-         "answered from cache", "errors"],
+         "server CPU ms/input", "x off", "answered from cache", "errors"],
         [(r["inputs_per_request"], r["concurrency"], r["config"], r["inputs_per_s"], _x(r["throughput_vs_off"]),
-          r["p50_ms"], _x(r["p50_vs_off"]), r["p99_ms"], _x(r["p99_vs_off"]), f"{100 * r['hit_ratio']:.1f}%",
-          r["errors"]) for r in result["summary"]])
+          r["p50_ms"], _x(r["p50_vs_off"]), r["p99_ms"], _x(r["p99_vs_off"]),
+          None if r.get("cpu_ms_per_input") is None else round(r["cpu_ms_per_input"], 2), _x(r.get("cpu_vs_off")),
+          f"{100 * r['hit_ratio']:.1f}%", r["errors"]) for r in result["summary"]])
 
 
 def _x(ratio: float | None) -> str:
