@@ -114,6 +114,8 @@ class Embedder:
 
         async def all_jobs() -> None:
             await asyncio.gather(*(one(indices) for indices in jobs))
+            if self._router.cache is not None:     # entries on disk or in Redis before encode returns
+                await self._router.cache.flush()
 
         self._wait(all_jobs())
         return out
@@ -127,6 +129,8 @@ class Embedder:
             self._wait(self._router.stop())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def __enter__(self) -> "Embedder":
         return self

@@ -353,6 +353,7 @@ def test_split_is_proportional_and_exact():
 
 class BrokenStore:
     kind = "broken"
+    slow = True
 
     def __init__(self) -> None:
         self.calls = 0
@@ -380,6 +381,7 @@ async def test_a_failing_store_is_a_miss_never_an_error(caplog):
         got = await embed(r, call)
         assert got.cache == "miss"
         np.testing.assert_array_equal(got.result.vectors, expected(call))
+        await r.cache.flush()                      # its (skipped) write done: nothing left in flight
     assert store.calls == 1                        # then left alone for a few seconds, not asked per request
     assert metrics.registry.get_sample_value("gigarouter_cache_errors_total", {"model": "m", "op": "get"}) == 1
     assert "answering as misses" in caplog.text
@@ -418,3 +420,33 @@ def test_a_gateway_routes_cached_price_is_the_highest_its_providers_set(tmp_path
     assert router.find("y").cached_price_per_million_usd == 0.001
     assert router.find("x").cache is router.cache is not None
     assert Router(settings.with_(cache="off"), remotes={n: Provider(n) for n in "abc"}).find("x").cache is None
+
+
+class SlowStore(MemoryStore):
+    """An in-process store that pretends to do I/O: its writes take a while."""
+
+    slow = True
+
+    def __init__(self) -> None:
+        super().__init__(1 << 20)
+        self.release = asyncio.Event()
+
+    async def put(self, model, items):
+        await self.release.wait()
+        await super().put(model, items)
+
+
+@pytest.mark.asyncio
+async def test_a_store_with_io_writes_after_the_answer_and_keeps_the_entries_in_flight_till_then():
+    store = SlowStore()
+    p = Provider()
+    r = make_route(p, cache=EmbeddingCache(store))
+    first = await embed(r, items_call((1,), (2,)))                 # answered before its entries are written
+    assert first.cache == "miss" and store.entries == 0 and r.cache._inflight
+    again = await embed(r, items_call((2,), (3,)))                 # 2 comes from the entry in flight
+    assert again.cache == "partial" and p.calls[-1] == ["0:[3]"]
+    store.release.set()
+    await r.cache.flush()
+    assert store.entries == 3 and not r.cache._inflight
+    assert (await embed(r, items_call((1,), (2,), (3,)))).cache == "hit"
+    await r.cache.close()

@@ -74,8 +74,9 @@ def test_redis_down_is_a_miss_and_the_request_still_succeeds():
         r = make_route(Provider(), cache=EmbeddingCache(store, metrics=metrics))
         started = time.perf_counter()
         got = await embed(r, items_call((1,)))
+        await r.cache.flush()
         again = await embed(r, items_call((1,)))               # within the back-off: Redis is not asked
-        await store.close()
+        await r.cache.close()
         return got, again, time.perf_counter() - started, metrics
 
     got, again, seconds, metrics = asyncio.run(scenario())
@@ -84,22 +85,25 @@ def test_redis_down_is_a_miss_and_the_request_still_succeeds():
 
 
 def test_the_file_store_persists_evicts_within_its_bound_and_counts(tmp_path):
-    async def fill(store, start, n):
-        r = make_route(Provider(), cache=EmbeddingCache(store))
-        return await embed(r, items_call(*[(start + i,) * 200 for i in range(n)]))
+    async def fill(cache, start, n):
+        return await embed(make_route(Provider(), cache=cache), items_call(*[(start + i,) * 200 for i in range(n)]))
 
     async def scenario():
         metrics = Metrics()
         store = FileStore(tmp_path, max_bytes=200_000, metrics=metrics)
-        await fill(store, 0, 10)
-        again = await fill(store, 0, 10)                       # all hits, from disk
-        await store.close()
-        reopened = FileStore(tmp_path, max_bytes=200_000, metrics=metrics)
+        cache = EmbeddingCache(store)
+        first = await fill(cache, 0, 10)
+        await cache.flush()                                    # written after the answer went out
+        cache._inflight.clear()
+        again = await fill(cache, 0, 10)                       # all hits, from disk
+        await cache.close()
+        reopened = EmbeddingCache(FileStore(tmp_path, max_bytes=200_000, metrics=metrics))
         after = await fill(reopened, 0, 10)                    # a new process would see them too
         for start in range(100, 2100, 100):                   # past the bound: the oldest go
             await fill(reopened, start, 100)
         await reopened.close()
-        return again, after, reopened, metrics
+        assert first.cache == "miss"
+        return again, after, reopened.store, metrics
 
     again, after, store, metrics = asyncio.run(scenario())
     assert again.cache == after.cache == "hit"

@@ -27,7 +27,9 @@ Single flight: while an input is being looked up or computed, an identical input
 (same key, so same scope) of any request in this process waits for that result
 instead of computing it again; duplicates inside one request are computed once.
 If the request computing it fails or is cancelled, the waiters compute it
-themselves. Store failures (Redis or the file store down) are logged, counted
+themselves. Redis and the file store write new entries after the answer has
+gone out (``flush`` waits for them); until written they stay in flight, so
+nobody computes them again meanwhile. Store failures (Redis or the file store down) are logged, counted
 and answered as misses; for a few seconds after one the store is not asked.
 """
 
@@ -82,6 +84,7 @@ class Store(Protocol):
     """Where entries live. Keys are 32-byte digests; values are encoded entries (bytes)."""
 
     kind: str
+    slow: bool                   # does I/O: written after the answer (the entries stay in flight till then)
 
     async def get(self, model: str, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
@@ -107,6 +110,7 @@ class MemoryStore:
     """In this process, least recently used first out, within ``max_bytes`` (vectors plus bookkeeping)."""
 
     kind = "memory"
+    slow = False                 # no I/O: entries are written before the answer goes out
 
     def __init__(self, max_bytes: int, *, metrics: Metrics | None = None) -> None:
         self.max_bytes = max_bytes
@@ -158,6 +162,7 @@ class RedisStore:
     """
 
     kind = "redis"
+    slow = True                  # entries are written after the answer went out
 
     def __init__(self, url: str, *, prefix: str, ttl_s: int, timeout_s: float = 1.0,
                  max_connections: int = 32) -> None:
@@ -194,6 +199,7 @@ class FileStore:
     """
 
     kind = "file"
+    slow = True
 
     def __init__(self, path: Path, *, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.path = Path(path)
@@ -428,6 +434,7 @@ class EmbeddingCache:
         self._down_until = 0.0
         self._warned_at = -math.inf
         self.errors = 0                  # store failures answered as misses
+        self._writes: set[asyncio.Task] = set()   # entries being written after their answer went out
 
     def scope(self, account: str | None) -> str:
         """Whose entries a request may see: its account's (anonymous in open mode), or everyone's."""
@@ -457,6 +464,7 @@ class EmbeddingCache:
         while pending:
             owned, waiting = self._claim(pending)
             if owned:
+                storing = False
                 try:
                     lookup_started = time.perf_counter()
                     found = await self._get(route.name, list(owned), route.dim)
@@ -478,10 +486,18 @@ class EmbeddingCache:
                             fresh.append((key, _TOKENS.pack(counts[j]) + rows[j].tobytes()))
                         routed.sent = sent
                         # Resolved futures stay in flight until the entries are stored, so a request
-                        # arriving meanwhile takes them from here instead of computing them again.
-                        await self._put(route.name, fresh)
+                        # arriving meanwhile takes them from here instead of computing them again. A
+                        # store with I/O (Redis, disk) writes after the answer, not before it.
+                        if self.store.slow:
+                            task = asyncio.create_task(self._store(route.name, fresh, owned))
+                            self._writes.add(task)
+                            task.add_done_callback(self._writes.discard)
+                            storing = True
+                        else:
+                            await self._put(route.name, fresh)
                 finally:
-                    self._release(owned)
+                    if not storing:
+                        self._release(owned)
             pending = []
             for key, future in waiting:
                 remaining = deadline - time.monotonic()
@@ -495,6 +511,12 @@ class EmbeddingCache:
                                               "input was being computed", retry_after=2.0) from None
         return self._answer(route, call, keys, first, entries, computed, routed, lookup_s,
                             time.perf_counter() - started)
+
+    async def _store(self, model: str, fresh: list[tuple[bytes, bytes]], owned: dict[bytes, asyncio.Future]) -> None:
+        try:
+            await self._put(model, fresh)
+        finally:
+            self._release(owned)
 
     def _claim(self, pending: list[bytes]) -> tuple[dict[bytes, asyncio.Future], list[tuple[bytes, asyncio.Future]]]:
         """Keys this request now looks up and computes (with their futures), and those another is on."""
@@ -593,5 +615,11 @@ class EmbeddingCache:
         if misses:
             self.metrics.cache_misses.labels(model).inc(misses)
 
+    async def flush(self) -> None:
+        """Wait for the entries still being written."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
     async def close(self) -> None:
+        await self.flush()
         await self.store.close()
