@@ -33,3 +33,25 @@ def test_progress_callback_counts_every_input(embedder):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="not configured"):
         Embedder("no-such-model")
+
+
+def test_a_file_cache_lets_a_rerun_skip_what_an_earlier_run_computed(tmp_path, monkeypatch):
+    import gigarouter.providers.local.loading as loading
+    from gigarouter.settings import Settings
+    from tests.conftest import FakeEngine, fake_loader
+
+    engine = FakeEngine()
+    monkeypatch.setattr(loading, "load_model", fake_loader(engine))
+    settings = Settings(data_dir=tmp_path, cache="file")
+    sequences = lambda: sum(b.num_sequences for b in engine.batches)  # noqa: E731
+    with Embedder(settings=settings) as first:
+        before = sequences()
+        a = first.encode(["alpha", "beta", "alpha", "gamma"], normalize=False)
+        assert sequences() - before == 3                     # the repeat is computed once
+    with Embedder(settings=settings) as again:                # a new run: the entries are on disk
+        before = sequences()
+        b = again.encode(["gamma", "alpha", "delta"], normalize=False)
+        assert sequences() - before == 1
+    np.testing.assert_array_equal(b[0], a[3])
+    np.testing.assert_array_equal(b[1], a[0])
+    assert (tmp_path / "embedding-cache").is_dir()

@@ -273,6 +273,35 @@ def profile(
     report.write_json(out, {"kind": "profile", "command": _command(), "machine": machine_info(), "runs": rows})
 
 
+@app.command()
+def cache(
+    inputs: Annotated[int, typer.Option(help="Inputs in each shape's stream.")] = 2048,
+    repeat: Annotated[float, typer.Option(help="Share of the inputs that repeat an earlier one.")] = 0.3,
+    rounds: Annotated[int, typer.Option(help="Rounds (fresh servers, cold caches; order alternates).")] = 2,
+    configs: Annotated[str, typer.Option(help="Comma-separated: off, memory, redis.")] = "off,memory,redis",
+    redis_url: Annotated[str, typer.Option(help="Redis for cache = \"redis\" (a key prefix of the run's own, "
+                                                "deleted afterwards).")] = "redis://127.0.0.1:6379/0",
+    port: Annotated[int, typer.Option(help="First port of the servers it starts (one per config).")] = 18400,
+    out: OutOption = None,
+) -> None:
+    """The per-input cache on a workload where 30% of inputs repeat: off vs in-memory vs Redis, one run."""
+    from gigarouter.bench import report
+    from gigarouter.bench.cache import CONFIGS, CacheBenchOptions, markdown, run_cache_bench
+
+    chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
+    if not chosen or any(c not in CONFIGS for c in chosen):
+        raise typer.BadParameter(f"choose from {', '.join(CONFIGS)}", param_hint="--configs")
+    if not 0 <= repeat < 1:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--repeat")
+    opts = CacheBenchOptions(inputs=inputs, repeat_fraction=repeat, rounds=rounds, redis_url=redis_url,
+                             configs=chosen, port=port)
+    result = run_cache_bench(opts, command=_command(), log=_log)
+    print(markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+
+
 def _counter(tokenizer_dir: Path | None):
     from gigarouter.bench.corpus import TokenCounter
     from gigarouter.engine.sources import embedded_model_dir

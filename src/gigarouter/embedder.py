@@ -13,6 +13,11 @@ The model is one local route, run on a private event loop in a background
 thread; ``encode`` blocks the caller until its vectors are back. Inputs are sorted
 by length and sent as several jobs at once, so the scheduler packs neighbours
 together and keeps every core busy; vectors come back in input order.
+
+The per-input cache applies as in the server (the settings' ``cache``: in this
+process by default; ``cache = "file"`` keeps vectors across runs and shares them
+with a server on the same host in open mode, ``"off"`` turns it off): an input
+seen before, in this or an earlier ``encode``, is not computed again.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ class Embedder:
         if deployment.state != "ready":
             self.close()
             raise deployment.exception or RuntimeError(deployment.error)
+        if self._router.cache is not None:
+            # The cache keys on the route's vector fingerprint, as the server's does: the same probe
+            # set, embedded once here (ten short inputs), so a file or Redis store is shared with servers.
+            self._wait(self._router.probe_all())
         self._plan = self._route.plan(Preferences())
 
     @property
@@ -102,13 +111,15 @@ class Embedder:
             chosen = [items[i] for i in indices]
             call = EmbedCall(texts=None, token_ids=[c.token_ids for c in chosen], items=chosen,
                              tokens=sum(len(c.token_ids) for c in chosen), interactive=False)
-            routed = await self._route.run(self._plan, call, deadline=math.inf)
+            routed = await self._route.embed(self._plan, call, deadline=math.inf)
             out[indices] = routed.result.vectors
             if progress:
                 progress(len(indices))
 
         async def all_jobs() -> None:
             await asyncio.gather(*(one(indices) for indices in jobs))
+            if self._router.cache is not None:     # entries on disk or in Redis before encode returns
+                await self._router.cache.flush()
 
         self._wait(all_jobs())
         return out

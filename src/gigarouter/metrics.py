@@ -39,6 +39,20 @@ class Metrics:
                                           ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
         self.usage_disagreements = Counter("gigarouter_usage_disagreements", "Responses whose upstream usage "
                                            "differs from our token count", ["model", "provider"], registry=r)
+        # The per-input embedding cache (router/cache.py), per model.
+        self.cache_hits = Counter("gigarouter_cache_hits", "Inputs answered without computing them: from the "
+                                  "cache, from an identical input in flight, or a duplicate in the same request",
+                                  ["model"], registry=r)
+        self.cache_misses = Counter("gigarouter_cache_misses", "Inputs computed by a provider (each distinct "
+                                    "input once)", ["model"], registry=r)
+        self.cache_hit_tokens = Counter("gigarouter_cache_hit_tokens", "Tokens answered without computing them",
+                                        ["model"], registry=r)
+        self.cache_bytes = Gauge("gigarouter_cache_bytes", "Bytes the cache holds (memory and file stores)",
+                                 ["model"], registry=r)
+        self.cache_evictions = Counter("gigarouter_cache_evictions", "Entries evicted to stay within the bound "
+                                       "(memory and file stores)", ["model"], registry=r)
+        self.cache_errors = Counter("gigarouter_cache_errors", "Cache store failures, answered as misses "
+                                    "(op: get or set)", ["model", "op"], registry=r)
         self.out_of_memory = Counter("gigarouter_out_of_memory_batches",
                                      "Forward passes the device ran out of memory on (a batch is retried in halves)",
                                      ["model"], registry=r)

@@ -18,6 +18,9 @@ import platformdirs
 
 RECIPES = ("sbert", "llm2vec", "e5")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Where the per-input embedding cache keeps its entries (docs/cache.md); "off" turns it off.
+CACHE_STORES = ("memory", "redis", "file", "off")
+CACHE_SCOPES = ("account", "global")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 #: Provider names appear in headers, metrics and URLs: keep them plain.
@@ -47,6 +50,8 @@ class ModelConfig:
     token_budget: int | None = None   # tokens per forward pass; default chosen by device
     price_per_million_usd: float | None = None  # what this deployment charges; default: the card's price
     provider: str = "local"           # the provider name this deployment has in the model's route
+    # What a token served from the embedding cache bills per 1M tokens (docs/cache.md).
+    cached_price_per_million_usd: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -61,6 +66,8 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: weights is required")
         if self.price_per_million_usd is not None and self.price_per_million_usd < 0:
             raise ConfigError(f"model {self.name!r}: price_per_million_usd must be >= 0")
+        if not _price_ok(self.cached_price_per_million_usd):
+            raise ConfigError(f"model {self.name!r}: cached_price_per_million_usd must be a number >= 0")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -85,6 +92,9 @@ class ProviderConfig:
     api_key_env: str | None = None        # the upstream key is read from this environment variable
     price_per_million_usd: float | None = None   # what our users pay for tokens it serves; default: the model's
     timeout_s: float = 30.0
+    # For a route without a [[models]] entry (a gateway): what a token served from the embedding
+    # cache bills per 1M tokens; a route takes the highest value among its entries (docs/cache.md).
+    cached_price_per_million_usd: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not PROVIDER_NAME.fullmatch(self.name):
@@ -97,6 +107,8 @@ class ProviderConfig:
             raise ConfigError(f"provider {self.name!r}: price_per_million_usd must be >= 0")
         if not self.timeout_s > 0:
             raise ConfigError(f"provider {self.name!r}: timeout_s must be > 0")
+        if self.cached_price_per_million_usd is not None and not _price_ok(self.cached_price_per_million_usd):
+            raise ConfigError(f"provider {self.name!r}: cached_price_per_million_usd must be a number >= 0")
 
     @property
     def model_names(self) -> dict[str, str]:
@@ -114,6 +126,10 @@ class ProviderConfig:
             raise ConfigError(f"provider {raw.get('name')!r}: models must be a list of names or a table "
                               "of our name = \"the provider's name\"")
         return _build(cls, values, section="[[providers]]")
+
+
+def _price_ok(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def _build(cls: type, values: dict[str, Any], *, section: str) -> Any:
@@ -182,6 +198,19 @@ class Settings:
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
 
+    # The per-input embedding cache (docs/cache.md): where entries live (memory | redis | file | off),
+    # whose entries a request may hit (account: its own account's; global: everyone's), the in-process
+    # bound in bytes, the Redis URL, key prefix and entry lifetime, and the file store's directory
+    # (None = data_dir/embedding-cache) and bound.
+    cache: str = "memory"
+    cache_scope: str = "account"
+    cache_max_bytes: int = 256 * 1024 * 1024
+    cache_url: str | None = None
+    cache_prefix: str = "gigarouter:emb"
+    cache_ttl_s: int = 7 * 24 * 3600
+    cache_path: Path | None = None
+    cache_file_max_bytes: int = 4 * 1024 * 1024 * 1024
+
     def __post_init__(self) -> None:
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
@@ -191,6 +220,27 @@ class Settings:
                 raise ConfigError(f"{key} must be > 0")
         if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:
             raise ConfigError("breaker_failures must be a whole number >= 1")
+        self._check_cache()
+
+    def _check_cache(self) -> None:
+        if self.cache not in CACHE_STORES:
+            raise ConfigError(f"cache must be one of {', '.join(CACHE_STORES)}; got {self.cache!r}")
+        if self.cache_scope not in CACHE_SCOPES:
+            raise ConfigError(f"cache_scope must be one of {', '.join(CACHE_SCOPES)}; got {self.cache_scope!r}")
+        for key in ("cache_max_bytes", "cache_file_max_bytes", "cache_ttl_s"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key} must be a whole number >= 0")
+        if self.cache == "redis" and not (isinstance(self.cache_url, str) and
+                                          self.cache_url.startswith(("redis://", "rediss://", "unix://"))):
+            raise ConfigError("cache = \"redis\" needs cache_url, e.g. \"redis://cache-host:6379/1\"")
+        if not isinstance(self.cache_prefix, str) or not self.cache_prefix:
+            raise ConfigError("cache_prefix must be a non-empty string")
+
+    @property
+    def resolved_cache_path(self) -> Path:
+        """The file store's directory (cache = "file")."""
+        return self.cache_path if self.cache_path is not None else self.data_dir / "embedding-cache"
 
     @property
     def default_sqlite_path(self) -> Path:
@@ -246,7 +296,7 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         values["models"] = tuple(ModelConfig.from_dict(m) for m in models)
     server = raw.pop("server", {})
     for key, value in {**server, **raw}.items():
-        if key in ("data_dir", "cache_dir") and value is not None:
+        if key in ("data_dir", "cache_dir", "cache_path") and value is not None:
             value = Path(value).expanduser()
         values[key] = value
     return values

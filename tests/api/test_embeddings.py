@@ -29,7 +29,7 @@ def test_string_input_shape_usage_and_headers(real_client, minilm_recipe):
     assert body["data"][0]["object"] == "embedding" and body["data"][0]["index"] == 0
     assert len(body["data"][0]["embedding"]) == 384
     seen = len(minilm_recipe.prepare_texts(["The food was delicious and the waiter..."])[0].token_ids)
-    assert body["usage"] == {"prompt_tokens": seen, "total_tokens": seen}
+    assert body["usage"] == {"prompt_tokens": seen, "total_tokens": seen, "prompt_tokens_details": {"cached_tokens": 0}}
     assert r.headers["x-request-id"].startswith("req_")
     for stage in ("tokenize", "queue", "inference"):
         assert float(r.headers[f"x-{stage}-time"]) >= 0

@@ -1,4 +1,5 @@
-"""One real backend gigarouter (the embedded all-minilm-l6-v2) for every router test of the session."""
+"""Router tests' fixtures: one real backend gigarouter (the embedded all-minilm-l6-v2) for the session,
+and Redis for the cache's store tests (the accounts tests' fixture: skipped without Redis, failed in CI)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.accounts.conftest import redis_url  # noqa: F401
 from tests.router.helpers import backend_server
 
 

@@ -64,7 +64,8 @@ def test_sign_up_copy_key_call_api_and_see_usage_and_balance(page, live: LiveSer
     assert page.locator("#balance").inner_text() == "$1.00"
     assert "No requests yet" in page.content()
 
-    for texts in (["hello world"], ["the quick brown fox", "jumps over the lazy dog"], ["again"]):
+    # "hello world" twice: the second time its 4 tokens come from the account's cache entries.
+    for texts in (["hello world"], ["the quick brown fox", "jumps over the lazy dog"], ["again", "hello world"]):
         r = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": texts},
                        headers={"Authorization": f"Bearer {copied}"}, timeout=30)
         assert r.status_code == 200, r.text
@@ -73,6 +74,7 @@ def test_sign_up_copy_key_call_api_and_see_usage_and_balance(page, live: LiveSer
     balance = page.locator("#balance").inner_text()
     assert balance.startswith("$0.99999") and balance != "$1.00"
     assert int(page.locator("#total-tokens").inner_text().replace(",", "")) > 0
+    assert page.locator("#total-cached").inner_text() == "4 from the cache"
     assert page.locator("table.usage-models").get_by_role("rowheader", name="all-minilm-l6-v2").is_visible()
     assert page.locator("svg#usage-days rect").count() == 30
     assert page.locator("svg#usage-models rect").count() == 1

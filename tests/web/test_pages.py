@@ -97,6 +97,19 @@ def test_sign_up_shows_the_key_once_and_it_works_on_the_api(client: httpx.Client
     assert "all-minilm-l6-v2" in after
 
 
+def test_the_dashboard_shows_tokens_answered_from_the_cache(client: httpx.Client, live: LiveServer) -> None:
+    _, key = sign_up(client)
+    for _ in range(2):   # the second time, all 5 tokens come from this account's cache entries
+        r = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": ["cached twice"]},
+                       headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+    assert r.headers["x-gigarouter-cache"] == "hit"
+    page = client.get("/dashboard").text
+    assert "5 from the cache" in text_of(page)
+    models = text_of(re.search(r'<table class="usage-models">.*?</table>', page, re.S).group(0))
+    assert "Cached tokens" in models and "all-minilm-l6-v2 2 10 5 $" in models
+
+
 def test_sign_up_refuses_bad_input_and_a_second_account_for_one_email(client: httpx.Client) -> None:
     token = csrf_of(client.get("/signup").text)
     bad = client.post("/signup", data={"email": "not-an-email", "password": "short", "csrf_token": token})

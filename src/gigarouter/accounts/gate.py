@@ -18,7 +18,8 @@ the serving provider's price (``accounts/metering.py``; routes should use it)::
     async with metered(gate, principal, model=slug, tokens=n_tokens,
                        price_per_million_usd=upper_bound_price, request_id=rid) as meter:
         ... compute ...
-        await meter.settle(status=200, latency_ms=..., price_per_million_usd=serving_price, provider="east")
+        await meter.settle(status=200, latency_ms=..., price_per_million_usd=serving_price, provider="east",
+                           cached_tokens=from_the_cache, cached_price_per_million_usd=cached_price)
 
 Retries with an ``Idempotency-Key`` header wrap everything after
 ``authenticate`` (a replay is neither rate limited nor charged)::
@@ -101,14 +102,16 @@ class Gate(Protocol):
                       idempotency: IdempotencySlot | None = None) -> Charge: ...
     async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
                      cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
-                     upstream_tokens: int | None = None) -> None:
+                     upstream_tokens: int | None = None, cached_tokens: int = 0) -> None:
         """Charge ``cost_micro`` (None: the reserved cost) for ``tokens`` (None: as reserved).
 
         The final cost and tokens may be lower than reserved (the difference
         goes back to the account) but never higher: ``ValueError``, and the
         reservation stays held for the caller to refund. ``provider`` names who
         served the request; ``upstream_tokens`` is the usage a remote provider
-        reported, recorded beside ours.
+        reported, recorded beside ours; ``cached_tokens`` is the part of
+        ``tokens`` answered from the embedding cache (``metered`` passes it
+        only when it is not 0, so gates written before the cache still work).
         """
     async def refund(self, charge: Charge, *, status: int) -> None: ...
     async def close(self) -> None: ...
@@ -135,7 +138,7 @@ class OpenGate:
 
     async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
                      cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
-                     upstream_tokens: int | None = None) -> None:
+                     upstream_tokens: int | None = None, cached_tokens: int = 0) -> None:
         return None                    # nothing was reserved, so there is nothing to check or give back
 
     async def refund(self, charge: Charge, *, status: int) -> None:

@@ -75,7 +75,7 @@ def key_json(info: KeyInfo, *, secret: str | None = None) -> dict[str, Any]:
 
 def usage_json(row: UsageRow) -> dict[str, Any]:
     return {"group": row.group, "requests": row.requests, "failed_requests": row.failed, "tokens": row.tokens,
-            **money("cost", row.cost_micro)}
+            "cached_tokens": row.cached_tokens, **money("cost", row.cost_micro)}
 
 
 def parse_time(value: str | None, *, param: str) -> datetime | None:

@@ -49,11 +49,19 @@ def price_micro_per_million(price_per_million_usd: float | Decimal | str | None)
     return int((value * MICRO).to_integral_value(rounding=ROUND_CEILING))
 
 
-def cost_micro(tokens: int, price_micro_per_million: int) -> int:
-    """Exact integer cost, rounded up to the next micro-dollar."""
+def cost_micro(tokens: int, price_micro_per_million: int, *, cached_tokens: int = 0,
+               cached_price_micro_per_million: int = 0) -> int:
+    """Exact integer cost, rounded up to the next micro-dollar once for the whole request.
+
+    ``cached_tokens`` of the ``tokens`` were answered from the embedding cache and
+    cost ``cached_price_micro_per_million`` each; the rest cost ``price_micro_per_million``.
+    """
     if tokens < 0:
         raise ValueError("tokens must be >= 0")
-    return -(-tokens * price_micro_per_million // MICRO)
+    if not 0 <= cached_tokens <= tokens:
+        raise ValueError("cached_tokens must be between 0 and tokens")
+    return -(-((tokens - cached_tokens) * price_micro_per_million
+               + cached_tokens * cached_price_micro_per_million) // MICRO)
 
 
 def usd_to_micro(amount: str | Decimal | int) -> int:
@@ -146,7 +154,7 @@ def _refusal(conn: Connection, account_id: str, cost: int) -> Exception:
 
 def settle(conn: Connection, *, reservation_id: str, status: int, latency_ms: float | None,
            response: bytes | None = None, cost_micro: int | None = None, tokens: int | None = None,
-           provider: str | None = None, upstream_tokens: int | None = None) -> bool:
+           provider: str | None = None, upstream_tokens: int | None = None, cached_tokens: int = 0) -> bool:
     """Turn a held reservation into a charge, with its usage record; False if it was already closed.
 
     The reservation was taken at an upper bound (the highest price a router may
@@ -161,18 +169,21 @@ def settle(conn: Connection, *, reservation_id: str, status: int, latency_ms: fl
 
     ``response`` is stored for the request's Idempotency-Key, if it had one,
     in this same transaction: a charged request always has its replayable result.
+    ``cached_tokens`` (part of the final ``tokens``) were answered from the embedding
+    cache; the usage record keeps them apart.
     """
-    _check_final(cost_micro=cost_micro, tokens=tokens, provider=provider, upstream_tokens=upstream_tokens)
+    _check_final(cost_micro=cost_micro, tokens=tokens, provider=provider, upstream_tokens=upstream_tokens,
+                 cached_tokens=cached_tokens)
     row = _close(conn, reservation_id, "settled")
     if row is None:
         return False
     final_cost = row.cost_micro if cost_micro is None else cost_micro
     final_tokens = row.tokens if tokens is None else tokens
-    if final_cost > row.cost_micro or final_tokens > row.tokens:
+    if final_cost > row.cost_micro or final_tokens > row.tokens or cached_tokens > final_tokens:
         # Raising rolls the close back with the transaction: the reservation is still held.
         raise ValueError(f"reservation {reservation_id} was reserved for {row.tokens} tokens costing "
                          f"{row.cost_micro} micro-dollars; it cannot settle at {final_tokens} tokens costing "
-                         f"{final_cost}")
+                         f"{final_cost} ({cached_tokens} of them cached)")
     back = row.cost_micro - final_cost
     if back:
         conn.execute(update(Account).where(Account.id == row.account_id)
@@ -186,13 +197,14 @@ def settle(conn: Connection, *, reservation_id: str, status: int, latency_ms: fl
     _entry(conn, row.account_id, "settle", back, reservation_id=reservation_id)
     key = idempotency.complete(conn, reservation_id=reservation_id, status=status, response=response)
     _usage(conn, row, cost=final_cost, tokens=final_tokens, status=status, latency_ms=latency_ms,
-           idempotency_key=key, provider=provider, upstream_tokens=upstream_tokens)
+           idempotency_key=key, provider=provider, upstream_tokens=upstream_tokens, cached_tokens=cached_tokens)
     return True
 
 
 def _check_final(*, cost_micro: int | None, tokens: int | None, provider: str | None,
-                 upstream_tokens: int | None) -> None:
-    for name, value in (("cost_micro", cost_micro), ("tokens", tokens), ("upstream_tokens", upstream_tokens)):
+                 upstream_tokens: int | None, cached_tokens: int = 0) -> None:
+    for name, value in (("cost_micro", cost_micro), ("tokens", tokens), ("upstream_tokens", upstream_tokens),
+                        ("cached_tokens", cached_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
     if upstream_tokens is not None and upstream_tokens > MAX_UPSTREAM_TOKENS:
@@ -229,11 +241,13 @@ def _close(conn: Connection, reservation_id: str, state: str):
 
 
 def _usage(conn: Connection, row, *, cost: int, tokens: int, status: int, latency_ms: float | None,
-           idempotency_key: str | None, provider: str | None = None, upstream_tokens: int | None = None) -> None:
+           idempotency_key: str | None, provider: str | None = None, upstream_tokens: int | None = None,
+           cached_tokens: int = 0) -> None:
     conn.execute(insert(UsageRecord).values(
         reservation_id=row.id, request_id=row.request_id, account_id=row.account_id, key_id=row.key_id,
         model=row.model, tokens=tokens, cost_micro=cost, status=status, latency_ms=latency_ms,
-        idempotency_key=idempotency_key, provider=provider, upstream_tokens=upstream_tokens, created_at=utcnow()))
+        idempotency_key=idempotency_key, provider=provider, upstream_tokens=upstream_tokens,
+        cached_tokens=cached_tokens, created_at=utcnow()))
 
 
 def grant(conn: Connection, *, account_id: str, amount_micro: int, note: str | None = None) -> int:

@@ -4,13 +4,17 @@
                        price_per_million_usd=upper_bound_price, request_id=rid, idempotency=slot) as meter:
         ... compute, on whichever provider the router picks ...
         await meter.settle(status=200, latency_ms=..., response=content, price_per_million_usd=serving_price,
-                           tokens=final_tokens, provider="east", upstream_tokens=reported)
+                           tokens=final_tokens, provider="east", upstream_tokens=reported,
+                           cached_tokens=from_the_cache, cached_price_per_million_usd=cached_price)
 
 Entering reserves the credit at the upper bound (``reserve``'s errors, 402
 and the rest, propagate; nothing is held then). ``meter.settle`` charges the
 serving provider's price for the final token count, computed with the
 ledger's own integer arithmetic (``cost_micro(tokens, price_micro_per_million
-(price))``, rounded up once per request) and never more than was reserved:
+(price))``, rounded up once per request) and never more than was reserved.
+Tokens answered from the embedding cache (``cached_tokens``, a part of
+``tokens``) are charged at ``cached_price_per_million_usd`` instead, in the
+same single rounding:
 
 - tokens above the reserved count are clamped to it (logged): the reservation
   was the bound the customer agreed to;
@@ -73,29 +77,36 @@ class Meter:
 
     async def settle(self, *, status: int, latency_ms: float, response: bytes | None = None,
                      price_per_million_usd: Price, tokens: int | None = None, provider: str | None = None,
-                     upstream_tokens: int | None = None) -> int:
+                     upstream_tokens: int | None = None, cached_tokens: int = 0,
+                     cached_price_per_million_usd: Price = None) -> int:
         """Charge ``tokens`` (None: as reserved) at the serving ``price_per_million_usd``; the cost charged.
 
-        Clamped to the reservation (see the module's docstring). ``upstream_tokens``
-        is recorded as reported, beside ours, when it is a token count. Calling it twice, or after the
-        block, is a bug: ``RuntimeError``.
+        ``cached_tokens`` of them were answered from the embedding cache and are
+        charged at ``cached_price_per_million_usd`` instead (None: free), the
+        whole request rounded up once. Clamped to the reservation (see the
+        module's docstring). ``upstream_tokens`` is recorded as reported, beside
+        ours. Calling it twice, or after the block, is a bug: ``RuntimeError``.
         """
         if self._ended:
             raise RuntimeError("this metered block has ended; settle inside it")
         if self._closed or self._settling is not None:
             raise RuntimeError(f"request {self._charge.request_id} was already settled or refunded")
-        final_tokens, cost = self._final(tokens, price_per_million_usd)
+        final_tokens, cached, cost = self._final(tokens, price_per_million_usd, cached_tokens,
+                                                 cached_price_per_million_usd)
         upstream_tokens = self._reported(upstream_tokens, provider)
+        # Passed only when there are any, so a gate that predates the cache keeps working.
+        extra = {"cached_tokens": cached} if cached else {}
         self._settling = asyncio.ensure_future(self._gate.settle(
             self._charge, status=status, latency_ms=latency_ms, response=response, cost_micro=cost,
-            tokens=final_tokens, provider=provider, upstream_tokens=upstream_tokens))
+            tokens=final_tokens, provider=provider, upstream_tokens=upstream_tokens, **extra))
         # Shielded: a cancellation here does not abandon the settlement; leaving the block waits for it.
         await asyncio.shield(self._settling)
         self._closed = True
         self.cost_micro = cost
         return cost
 
-    def _final(self, tokens: int | None, price_per_million_usd: Price) -> tuple[int, int]:
+    def _final(self, tokens: int | None, price_per_million_usd: Price, cached_tokens: int = 0,
+               cached_price_per_million_usd: Price = None) -> tuple[int, int, int]:
         reserved = self._charge
         if tokens is None:
             tokens = reserved.tokens
@@ -105,7 +116,13 @@ class Meter:
             log.warning("request %s used %d tokens, more than the %d reserved; charging for %d",
                         reserved.request_id, tokens, reserved.tokens, reserved.tokens)
             tokens = reserved.tokens
-        cost = ledger.cost_micro(tokens, ledger.price_micro_per_million(price_per_million_usd))
+        if isinstance(cached_tokens, bool) or not isinstance(cached_tokens, int) or cached_tokens < 0:
+            raise ValueError(f"cached_tokens must be an integer >= 0, not {cached_tokens!r}")
+        cached_tokens = min(cached_tokens, tokens)   # clamped with tokens: cached ones are a part of them
+        cost = ledger.cost_micro(tokens, ledger.price_micro_per_million(price_per_million_usd),
+                                 cached_tokens=cached_tokens,
+                                 cached_price_micro_per_million=ledger.price_micro_per_million(
+                                     cached_price_per_million_usd))
         if cost > reserved.cost_micro:
             if reserved.reservation_id is not None:  # the open gate reserves 0: nothing to warn about
                 log.warning("request %s costs %d micro-dollars at the serving price %s, more than the %d "
@@ -113,7 +130,7 @@ class Meter:
                             reserved.request_id, cost, price_per_million_usd, reserved.cost_micro,
                             reserved.cost_micro)
             cost = reserved.cost_micro
-        return tokens, cost
+        return tokens, cached_tokens, cost
 
     def _reported(self, upstream_tokens: int | None, provider: str | None) -> int | None:
         """The upstream's count as recorded: one that is no count (negative, not an integer, or beyond what

@@ -197,12 +197,13 @@ class DatabaseGate:
 
     async def settle(self, charge: Charge, *, status: int, latency_ms: float, response: bytes | None = None,
                      cost_micro: int | None = None, tokens: int | None = None, provider: str | None = None,
-                     upstream_tokens: int | None = None) -> None:
+                     upstream_tokens: int | None = None, cached_tokens: int = 0) -> None:
         if charge.reservation_id is None:
             return
         settled = await self._run(self._close_now, ledger.settle, reservation_id=charge.reservation_id,
                                   status=status, latency_ms=latency_ms, response=response, cost_micro=cost_micro,
-                                  tokens=tokens, provider=provider, upstream_tokens=upstream_tokens)
+                                  tokens=tokens, provider=provider, upstream_tokens=upstream_tokens,
+                                  cached_tokens=cached_tokens)
         self._closed(charge)
         if not settled:
             log.warning("reservation %s was already closed (refunded by recovery?); request %s not charged",

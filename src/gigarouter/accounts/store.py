@@ -74,6 +74,7 @@ class UsageRow:
     failed: int                      # refunded: status >= 400, or 0 (no response)
     tokens: int                      # tokens of the charged requests
     cost_micro: int
+    cached_tokens: int = 0           # of ``tokens``: answered from the embedding cache
 
 
 class AccountStore:
@@ -179,6 +180,7 @@ class AccountStore:
             select(group.label("group"), func.count().label("requests"),
                    func.sum(case((charged, 0), else_=1)).label("failed"),
                    func.sum(case((charged, UsageRecord.tokens), else_=0)).label("tokens"),
+                   func.sum(case((charged, UsageRecord.cached_tokens), else_=0)).label("cached"),
                    func.sum(UsageRecord.cost_micro).label("cost"))
             .where(UsageRecord.account_id == account_id, *_window(start, end))
             .group_by(group).order_by(group.asc().nulls_last())   # the same order on SQLite and Postgres
@@ -186,7 +188,8 @@ class AccountStore:
         with transaction(self.engine, write=False) as conn:
             rows = conn.execute(statement).all()
         return [UsageRow(group=None if r.group is None else str(r.group), requests=int(r.requests),
-                         failed=int(r.failed), tokens=int(r.tokens), cost_micro=int(r.cost)) for r in rows]
+                         failed=int(r.failed), tokens=int(r.tokens), cost_micro=int(r.cost),
+                         cached_tokens=int(r.cached or 0)) for r in rows]
 
 
 def _window(start: datetime | None, end: datetime | None) -> Iterable:

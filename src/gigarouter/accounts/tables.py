@@ -160,6 +160,9 @@ class UsageRecord(Base):
     # answered) and the token count a remote provider reported, kept beside our own ``tokens``.
     provider: Mapped[str | None] = mapped_column(String(100))
     upstream_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Revision 0004: how many of ``tokens`` were answered from the embedding cache (billed at the
+    # model's cached price); 0 for requests from before the cache and for refunds.
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class IdempotencyRecord(Base):

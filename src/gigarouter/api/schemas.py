@@ -16,7 +16,7 @@ ENCODING_FORMATS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
 TRUNCATE_MODES = ("end", "start", "none")
 KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user",
-                "input_type", "instruction", "truncate", "normalize", "provider"}
+                "input_type", "instruction", "truncate", "normalize", "provider", "cache"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class EmbeddingRequest:
     truncate: str = "end"
     normalize: bool = True
     provider: Any = None               # OpenRouter's provider preferences, checked by router.preferences
+    cache: bool = True                 # false: neither read nor write the embedding cache (docs/cache.md)
 
     @property
     def count(self) -> int:
@@ -61,6 +62,7 @@ def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
         truncate=_choice(body, "truncate", TRUNCATE_MODES, "end"),
         normalize=_bool(body, "normalize", True),
         provider=body.get("provider"),
+        cache=_bool(body, "cache", True),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gigarouter.catalog.cards import ModelCard
 from gigarouter.errors import (GigarouterError, InvalidRequest, NoProviderAvailable, ProviderUnavailable,
@@ -24,6 +25,9 @@ from gigarouter.providers.local.deployment import Deployment
 from gigarouter.recipes.base import Recipe
 from gigarouter.router.health import Health
 from gigarouter.router.preferences import Preferences
+
+if TYPE_CHECKING:
+    from gigarouter.router.cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,12 @@ class Routed:
     result: ProviderResult
     binding: Binding
     failovers: int
+    # Set by the embedding cache (router/cache.py): tokens answered from it, how it went (hit | partial
+    # | miss; None when not consulted) and, when it cut the request down to its misses, what a provider
+    # computed (None: the request's own call, or nothing at all on a hit, where ``binding`` is "cache").
+    cached_tokens: int = 0
+    cache: str | None = None
+    sent: EmbedCall | None = None
 
 
 @dataclass(eq=False)
@@ -98,6 +108,8 @@ class Route:
     fingerprint: str | None = None     # the reference's: the vector space this route serves
     probed: bool = False               # the first probe round has run
     reference: list = field(default_factory=list)   # the reference's probe vectors
+    cache: "EmbeddingCache | None" = None            # the router's per-input cache, shared by its routes
+    cached_price_per_million_usd: float = 0.0        # what a token answered from the cache bills
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -211,6 +223,17 @@ class Route:
         return sum(min(n + extra, cap) if cap else n + extra for n in lengths)
 
     # -- running -----------------------------------------------------------------------------
+
+    async def embed(self, plan: Plan, call: EmbedCall, *, deadline: float, metrics: Metrics | None = None,
+                    account: str | None = None, use_cache: bool = True) -> Routed:
+        """``run`` behind the per-input cache, where the server has one and the request allows it.
+
+        ``account`` is the caller's account (None: anonymous): entries are kept
+        per account unless the server's ``cache_scope`` is global.
+        """
+        if self.cache is None or not use_cache:
+            return await self.run(plan, call, deadline=deadline, metrics=metrics)
+        return await self.cache.run(self, plan, call, deadline=deadline, metrics=metrics, account=account)
 
     async def run(self, plan: Plan, call: EmbedCall, *, deadline: float, metrics: Metrics | None = None) -> Routed:
         """The first candidate's answer that succeeds; failures move on while the deadline allows."""

@@ -27,6 +27,7 @@ from gigarouter.metrics import Metrics
 from gigarouter.providers.base import Provider
 from gigarouter.providers.local.deployment import Deployment, ModelLoader
 from gigarouter.providers.local.provider import LocalProvider
+from gigarouter.router.cache import EmbeddingCache, build_cache
 from gigarouter.router.fingerprints import PROBES, agree, fingerprint, largest_agreeing_group
 from gigarouter.router.health import Health
 from gigarouter.router.preferences import Preferences, split_model_suffix
@@ -40,10 +41,12 @@ _TICK_S = 1.0
 
 class Router:
     def __init__(self, settings: Settings, *, loader: ModelLoader | None = None, metrics: Metrics | None = None,
-                 remotes: dict[str, Provider] | None = None) -> None:
+                 remotes: dict[str, Provider] | None = None, cache: EmbeddingCache | None = None) -> None:
         self.settings = settings
         self.loader = loader
         self.metrics = metrics
+        # One per-input cache for every route (router/cache.py); None when the settings turn it off.
+        self.cache = cache if cache is not None else build_cache(settings, metrics)
         self.deployments = [Deployment.for_config(c) for c in settings.models]
         self.remotes = remotes if remotes is not None else _remote_providers(settings)
         self.routes: list[Route] = []
@@ -60,7 +63,8 @@ class Router:
                                                                               dep.card),
                               health=self._health(), verified=True)
             aliases = (*dep.config.aliases, *_card_names(dep.card, (dep.name, *dep.config.aliases)))
-            self._add(Route(name=dep.name, card=dep.card, bindings=[binding], aliases=aliases, local=dep))
+            self._add(Route(name=dep.name, card=dep.card, bindings=[binding], aliases=aliases, local=dep,
+                            cache=self.cache, cached_price_per_million_usd=dep.config.cached_price_per_million_usd))
         for config in self.settings.providers:
             provider = self.remotes[config.name]
             for model in config.model_names:
@@ -68,8 +72,11 @@ class Router:
                 if route is None:
                     card = find_card(None, model)
                     route = self._add(Route(name=model, card=card, bindings=[],
-                                            aliases=tuple(_card_names(card, (model,)))))
+                                            aliases=tuple(_card_names(card, (model,))), cache=self.cache))
                 price = _price(config.price_per_million_usd, route.card)
+                # A cached token's price is the route's: the highest its [[models]] / [[providers]] entries set.
+                route.cached_price_per_million_usd = max(route.cached_price_per_million_usd,
+                                                         config.cached_price_per_million_usd or 0.0)
                 route.bindings.append(Binding(provider, price_per_million_usd=price, health=self._health()))
 
     def _add(self, route: Route) -> Route:
@@ -228,6 +235,8 @@ class Router:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(d.stop() for d in self.deployments))   # finish admitted local work
         await asyncio.gather(*(p.close() for p in self.remotes.values()))
+        if self.cache is not None:
+            await self.cache.close()
 
 
 def _remote_providers(settings: Settings) -> dict[str, Provider]:

@@ -31,12 +31,18 @@ USAGE_DAYS = 30
 
 @dataclass(frozen=True)
 class Usage:
-    days: list[tuple[date, int, int, int]]       # (day, requests, tokens, cost_micro), every day of the window
-    models: list[tuple[str, int, int, int]]      # (model, requests, tokens, cost_micro), most tokens first
+    # (day, requests, tokens, cost_micro, cached_tokens), every day of the window; cached_tokens is the
+    # part of tokens answered from the embedding cache (billed at the model's cached price)
+    days: list[tuple[date, int, int, int, int]]
+    models: list[tuple[str, int, int, int, int]]   # (model, requests, tokens, cost_micro, cached), most tokens first
 
     @property
     def total_tokens(self) -> int:
         return sum(d[2] for d in self.days)
+
+    @property
+    def total_cached_tokens(self) -> int:
+        return sum(d[4] for d in self.days)
 
     @property
     def total_cost(self) -> int:
@@ -104,8 +110,9 @@ class AccountsPort:
         for offset in range(days):
             d = first + timedelta(days=offset)
             row = by_day.get(d.isoformat())
-            day_rows.append((d, row.requests, row.tokens, row.cost_micro) if row else (d, 0, 0, 0))
-        model_rows = sorted(((r.group or "?", r.requests, r.tokens, r.cost_micro) for r in per_model),
+            day_rows.append((d, row.requests, row.tokens, row.cost_micro, row.cached_tokens) if row
+                            else (d, 0, 0, 0, 0))
+        model_rows = sorted(((r.group or "?", r.requests, r.tokens, r.cost_micro, r.cached_tokens) for r in per_model),
                             key=lambda r: (-r[2], r[0]))
         return Usage(days=day_rows, models=model_rows)
 

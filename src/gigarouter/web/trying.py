@@ -86,9 +86,10 @@ async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: s
     started = time.perf_counter()
     deadline = time.monotonic() + request.app.state.settings.request_timeout_s
     query_type = "query" if mode == "query-document" else "document"
+    account = web.user.account_id if web.user else None    # the cache keeps each account's inputs apart
     try:
-        (va, ta), (vb, tb) = await asyncio.gather(_embed(route, a, query_type, deadline),
-                                                  _embed(route, b, "document", deadline))
+        (va, ta), (vb, tb) = await asyncio.gather(_embed(route, a, query_type, deadline, account),
+                                                  _embed(route, b, "document", deadline, account))
     except GigarouterError as exc:
         raise WebError(exc.status, "Could not embed", exc.message) from None
     # va, vb: [1, dim] unit vectors, so the dot product is the cosine similarity
@@ -97,7 +98,8 @@ async def similarity(request: Request, web: WebContext, card: ModelCard, *, a: s
             "ms": round((time.perf_counter() - started) * 1000, 1), "model": route.name}
 
 
-async def _embed(route: Route, text: str, input_type: str, deadline: float) -> tuple[np.ndarray, int]:
+async def _embed(route: Route, text: str, input_type: str, deadline: float,
+                 account: str | None) -> tuple[np.ndarray, int]:
     call = await run_in_threadpool(partial(route.prepare, texts=[text], token_ids=None, input_type=input_type))
-    routed = await route.run(route.plan(Preferences()), call, deadline=deadline)
+    routed = await route.embed(route.plan(Preferences()), call, deadline=deadline, account=account)
     return finish(routed.result.vectors, dimensions=None, normalize=True), call.tokens

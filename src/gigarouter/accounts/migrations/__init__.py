@@ -2,7 +2,7 @@
 
     upgrade("sqlite:////path/gigarouter.db")                    # to the newest revision
     upgrade(url, revision="0001")                               # or to a given one
-    current(url)   -> "0003" | None                             # None: an empty database
+    current(url)   -> "0004" | None                             # None: an empty database
 
 The same revisions serve SQLite and Postgres. On Postgres the upgrade holds a
 transaction-scoped advisory lock, so gateways starting together migrate once.

@@ -21,7 +21,7 @@ from gigarouter.metrics import Metrics
 from gigarouter.pooling.encoding import finish, to_base64
 from gigarouter.providers.base import EmbedCall
 from gigarouter.router.preferences import parse_preferences
-from gigarouter.router.route import Route, Routed
+from gigarouter.router.route import Plan, Route, Routed
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -62,19 +62,23 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         rate_headers = await gate.check_rate(principal, tokens=call.tokens if call.exact_tokens
                                              else _typical_tokens(call))
         async with metered(gate, principal, model=route.name, tokens=call.tokens,
-                           price_per_million_usd=plan.max_price_per_million_usd,
+                           price_per_million_usd=_reserve_price(plan, route, req),
                            request_id=request.state.request_id, idempotency=slot) as meter:
-            routed = await _until_disconnect(request, route.run(plan, call, deadline=deadline, metrics=metrics))
+            routed = await _until_disconnect(request, route.embed(plan, call, deadline=deadline, metrics=metrics,
+                                                                  account=principal.account_id, use_cache=req.cache))
             if routed is None:  # the client left: nothing to send; leaving unsettled refunds
                 return Response(status_code=499)
             _check_dimensions(req.dimensions, routed.result.vectors.shape[1])
             tokens = _billed_tokens(call, routed, route.name, metrics)
-            payload = _payload(req, route.name, routed.result.vectors, tokens)
+            cached = min(routed.cached_tokens, tokens)
+            payload = _payload(req, route.name, routed.result.vectors, tokens, cached)
             content = await run_in_threadpool(_dumps, payload) if routed.result.vectors.size > _INLINE_FLOATS \
                 else _dumps(payload)
             await meter.settle(status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
                                price_per_million_usd=routed.binding.price_per_million_usd, tokens=tokens,
-                               provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens)
+                               provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens,
+                               cached_tokens=cached,
+                               cached_price_per_million_usd=route.cached_price_per_million_usd)
     timings = {"tokenize": tokenized - tokenize_started, **routed.result.timings}
     _observe(metrics, route.name, tokens, timings)
     headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()},
@@ -83,6 +87,8 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         headers["x-gigarouter-fingerprint"] = route.fingerprint
     if routed.result.replica:
         headers["x-gigarouter-replica"] = routed.result.replica
+    if routed.cache is not None:
+        headers["x-gigarouter-cache"] = routed.cache
     return Response(content, media_type="application/json", headers=headers)
 
 
@@ -108,22 +114,38 @@ def _check_dimensions(dimensions: int | None, width: int | None) -> None:
         raise InvalidRequest(f"dimensions={dimensions} exceeds the model's {width}", param="dimensions")
 
 
+def _reserve_price(plan: Plan, route: Route, req: EmbeddingRequest) -> float:
+    """The dearest price a token of this request may bill at: a provider's, or a cached token's."""
+    if req.cache and route.cache is not None:
+        return max(plan.max_price_per_million_usd, route.cached_price_per_million_usd)
+    return plan.max_price_per_million_usd
+
+
 def _billed_tokens(call: EmbedCall, routed: Routed, model: str, metrics: Metrics) -> int:
-    """Our own count where we have the tokenizer; else the upstream's, never above what was reserved."""
+    """Our own count where we have the tokenizer; else the upstream's, never above what was reserved.
+
+    With the cache, a provider computed only part of the request (``routed.sent``, or
+    nothing on a hit): its report is checked against that part, and the cached inputs
+    add the tokens stored with them (router/cache.py keeps its split in step with this).
+    """
     upstream = routed.result.upstream_tokens
+    sent = None if routed.cache == "hit" else (routed.sent or call)
     if call.exact_tokens:
-        if upstream is not None and upstream != call.tokens:
+        computed = sent.tokens if sent is not None else 0
+        if upstream is not None and upstream != computed:
             metrics.usage_disagreements.labels(model, routed.binding.name).inc()
             log.info("model %s: provider %s reported %d tokens, we counted %d", model, routed.binding.name,
-                     upstream, call.tokens)
+                     upstream, computed)
         return call.tokens
+    if sent is None:
+        return min(routed.cached_tokens, call.tokens)
     if upstream is None or upstream < 1:
         metrics.usage_disagreements.labels(model, routed.binding.name).inc()
-        return _typical_tokens(call)
-    if upstream > call.tokens:
+        return min(_typical_tokens(sent) + routed.cached_tokens, call.tokens)
+    if upstream > sent.tokens:
         log.warning("model %s: provider %s reported %d tokens, above the bound %d; billing the bound", model,
-                    routed.binding.name, upstream, call.tokens)
-    return min(upstream, call.tokens)
+                    routed.binding.name, upstream, sent.tokens)
+    return min(min(upstream, sent.tokens) + routed.cached_tokens, call.tokens)
 
 
 def _typical_tokens(call: EmbedCall) -> int:
@@ -135,7 +157,7 @@ def _typical_tokens(call: EmbedCall) -> int:
     return max(call.count, min(call.tokens, sum(-(-len(t.encode()) // 4) + 2 for t in call.texts)))
 
 
-def _payload(req: EmbeddingRequest, model: str, vectors: np.ndarray, tokens: int) -> dict:
+def _payload(req: EmbeddingRequest, model: str, vectors: np.ndarray, tokens: int, cached_tokens: int = 0) -> dict:
     vectors = finish(vectors, dimensions=req.dimensions, normalize=req.normalize)
     if req.encoding_format == "base64":
         encode = to_base64
@@ -148,7 +170,8 @@ def _payload(req: EmbeddingRequest, model: str, vectors: np.ndarray, tokens: int
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
         "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
+                  "prompt_tokens_details": {"cached_tokens": cached_tokens}},
     }
 
 

@@ -52,6 +52,8 @@ def route_entry(route: Route) -> dict:
         "status": status,
         # The cheapest provider that can serve it now (what a default request pays).
         "price_per_million_usd": min((b.price_per_million_usd for b in healthy or route.bindings), default=None),
+        # What a token answered from the per-input cache bills (docs/cache.md); None when it is off.
+        "cached_price_per_million_usd": route.cached_price_per_million_usd if route.cache is not None else None,
         "dimensions": route.dim,
         "max_tokens": route.max_tokens,
         "fingerprint": route.fingerprint,

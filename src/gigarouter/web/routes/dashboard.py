@@ -43,8 +43,8 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
     user = web.user
     # Independent reads: let the gate's DB threads run them side by side.
     account, keys, usage = await asyncio.gather(accounts.account(user), accounts.keys(user), accounts.usage(user))
-    day_points = [(formatting.day(d), tokens) for d, _, tokens, _ in usage.days]
-    model_points = [(model, tokens) for model, _, tokens, _ in usage.models]
+    day_points = [(formatting.day(d), tokens) for d, _, tokens, _, _ in usage.days]
+    model_points = [(model, tokens) for model, _, tokens, _, _ in usage.models]
     return render(request, "dashboard.html", {
         "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
         "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
