@@ -107,12 +107,20 @@ def books_for(settings: Settings) -> Iterator[Books]:
         books.close()
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The accounts tests' settings with the embedding cache off: here every request must reach a provider
+    (cached tokens are billed apart; tests/accounts/test_cache_billing.py covers them)."""
+    return settings.with_(cache="off")
+
+
 def assert_charged(books: Books, response: httpx.Response, request_id: str, *, provider: str, price: float,
                    tokens: int, upstream_tokens: int | None, reserved_price: float, reserved_tokens: int) -> int:
     """One usage record naming ``provider`` at its price; the reservation was the bound, settled once."""
     assert response.status_code == 200, response.text
     assert response.headers["x-gigarouter-provider"] == provider
-    assert response.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert response.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens,
+                                        "prompt_tokens_details": {"cached_tokens": 0}}
     charged = cost(tokens, price)
     assert tuple(books.usage(request_id)) == (provider, tokens, upstream_tokens, charged, 200)
     reserved = cost(reserved_tokens, reserved_price)
@@ -298,7 +306,7 @@ GHOST = 3.0                                      # a provider that never answere
 
 def _gateway_config(settings: Settings, path: Path, *, cheap: str, dear: str) -> Path:
     lines = [f'database_url = "{settings.resolved_database_url}"', f'data_dir = "{settings.data_dir}"',
-             f'server_secret = "{settings.server_secret}"']
+             f'server_secret = "{settings.server_secret}"', 'cache = "off"']
     ghost = f"http://127.0.0.1:{free_port()}"   # nothing listens there
     for name, base, price in (("cheap", cheap, CHEAP), ("dear", dear, DEAR), ("ghost", ghost, GHOST)):
         lines += ["[[providers]]", f'name = "{name}"', f'base_url = "{base}/v1"', f'models = ["{MODEL}"]',
