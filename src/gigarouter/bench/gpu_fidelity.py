@@ -25,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gigarouter.bench.load_memory import _peak_bytes, _reset_peak
@@ -69,6 +70,8 @@ def load(directory: Path, *, recipe: str, dtype: torch.dtype, device: torch.devi
     baseline = _reset_peak()
     start = time.perf_counter()
     model, pooling = build_model(resolved, recipe_name=recipe, dtype=dtype, device=device)
+    model.attention_path = attention.select_attention(device, dtype, max_seq_len=max(LENGTHS),
+                                                      **model.attention_shape()).path
     sync(device)
     return model, pooling, time.perf_counter() - start, _peak_bytes() - baseline
 
@@ -81,9 +84,8 @@ def sequences(vocab: int, lengths=LENGTHS, seed: int = 1) -> list[torch.Tensor]:
 @torch.inference_mode()
 def embed(model, pooling, seqs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     ids = torch.cat(seqs).to(device)
-    cu = torch.tensor([0, *torch.tensor([len(s) for s in seqs]).cumsum(0).tolist()], device=device)
-    starts = torch.zeros(len(seqs), dtype=torch.int64, device=device)
-    return pool(model(ids, cu), cu, starts, pooling).float().cpu()
+    cu = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])      # host copy, as the engine passes it
+    return pool(model(ids, cu), cu, np.zeros(len(seqs), dtype=np.int64), pooling).float().cpu()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -95,11 +97,9 @@ def fidelity(directory: Path, *, recipe: str, device: torch.device, seqs: list[t
     size = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
     got = embed(low, pooling, seqs, device)
     one_by_one = torch.cat([embed(low, pooling, [s], device) for s in seqs])
-    saved, attention._varlen_attn = attention._varlen_attn, None          # the padded-grid path
-    try:
-        grid = embed(low, pooling, seqs, device)
-    finally:
-        attention._varlen_attn = saved
+    chosen, low.attention_path = low.attention_path, attention.GRID     # the padded-grid path
+    grid = embed(low, pooling, seqs, device)
+    low.attention_path = chosen
     del low
     high, _, _, _ = load(directory, recipe=recipe, dtype=torch.float32, device=device)
     reference = embed(high, pooling, seqs, device)
