@@ -13,10 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gigarouter.engine.base import pack
 from gigarouter.engine.models import attention
-from gigarouter.engine.models.attention import GRID, VARLEN, AttentionLayout, attend
+from gigarouter.engine.models.attention import GRID, VARLEN, AttentionChoice, AttentionLayout, attend
 from gigarouter.engine.models.bert import BertConfig, BertModel
 from gigarouter.engine.models.mistral import MistralConfig, MistralModel
+from gigarouter.engine.runner import TorchEngine
 from gigarouter.pooling.pooling import PoolingMode, pool
 from tests.engine.fake_cuda import CUDA, OpRecorder, fake_cuda
 
@@ -167,3 +169,19 @@ def test_mean_pooling_of_a_large_batch_on_fake_cuda_uses_bounded_matrices(monkey
     products = [a for a, _ in rec.named("mm")]
     assert len(products) > 1 and all(w.numel() <= (1 << 22) for w, _ in products)
     assert sum(w.shape[0] for w, _ in products) == len(lengths)
+
+
+@pytest.mark.parametrize("mode", [PoolingMode.LAST, PoolingMode.MEAN])
+def test_an_engine_pass_on_fake_cuda_runs_from_a_packed_batch_to_pooled_vectors(monkeypatch, mode):
+    """TorchEngine's pass as the device thread runs it: token ids uploaded, host cu_seqlens, varlen, pooling."""
+    batch = pack([[5] * n for n in (4096, 512, 17, 1)], pool_starts=[3, 0, 0, 0])
+    with fake_cuda(monkeypatch), torch.inference_mode():
+        model = fake_model(MistralModel, MISTRAL_7B_2_LAYERS, GRID)
+        e = TorchEngine(model, pooling=mode, dim=4096, device=CUDA, token_budget=16384, max_seq_len=4096,
+                        attention=AttentionChoice(VARLEN, "chosen by the test"))
+        with OpRecorder() as rec:
+            out = e._forward(batch)
+    assert model.attention_path == VARLEN and e.parallel_batches == 1
+    assert out.shape == (4, 4096) and out.dtype == torch.float32 and out.device == CUDA
+    assert len(rec.named("_varlen_attn")) == 2
+    assert rec.named("embedding")[0][0][1].device == CUDA          # the token ids, on the device
