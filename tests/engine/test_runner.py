@@ -195,10 +195,12 @@ def test_warmup_calibrates_only_when_asked(monkeypatch):
                         token_budget=8192, max_seq_len=512)
     fixed.warmup()
     assert fixed.token_budget == 8192 and not fixed.calibration
+    settled = []
     measured = TorchEngine(Timed(clock), pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"),
-                           token_budget=8192, max_seq_len=512, calibrate_budget=True)
+                           token_budget=8192, max_seq_len=512, calibrate_budget=True, on_budget=settled.append)
     measured.warmup()
     assert measured.calibration and measured.token_budget <= 8192
+    assert settled == [measured.token_budget]        # the device's memory plan learns the final budget
 
 
 def tiny_mistral(causal: bool = True) -> nn.Module:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +72,11 @@ def default_token_budget(device: torch.device) -> int:
     return GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET
 
 
+def activation_bytes_per_token(*, hidden: int, intermediate: int, dtype_bytes: int) -> int:
+    """Device memory one token of a pass needs at its peak (one layer's activations, fp32 pooling)."""
+    return (6 * hidden + 3 * intermediate) * dtype_bytes + 4 * hidden
+
+
 def budget_from_memory(*, free_bytes: int, hidden: int, intermediate: int, dtype_bytes: int,
                        max_seq_len: int, headroom: float = 0.6, ceiling: int = 262_144) -> int:
     """Tokens per forward pass that fit in ``free_bytes`` of device memory.
@@ -82,7 +87,7 @@ def budget_from_memory(*, free_bytes: int, hidden: int, intermediate: int, dtype
     ``headroom`` leaves room for the allocator's fragmentation and attention
     workspaces. The warm-up at start-up checks the answer for real.
     """
-    per_token = (6 * hidden + 3 * intermediate) * dtype_bytes + 4 * hidden
+    per_token = activation_bytes_per_token(hidden=hidden, intermediate=intermediate, dtype_bytes=dtype_bytes)
     budget = int(free_bytes * headroom) // per_token
     # Round down to a multiple of the longest sequence so a full batch of them fits.
     budget = min(budget, ceiling) // max_seq_len * max_seq_len
@@ -136,7 +141,8 @@ class TorchEngine:
     def __init__(self, model: nn.Module, *, pooling: PoolingMode, dim: int, device: torch.device,
                  token_budget: int, max_seq_len: int, parallel_batches: int = 1,
                  attention: str | AttentionChoice = "auto", calibrate_budget: bool = False,
-                 max_batch_s: float = GPU_MAX_BATCH_SECONDS, heartbeat: Heartbeat | None = None) -> None:
+                 max_batch_s: float = GPU_MAX_BATCH_SECONDS, heartbeat: Heartbeat | None = None,
+                 on_budget: Callable[[int], None] | None = None) -> None:
         self.model = model
         self.pooling = pooling
         self.dim = dim
@@ -152,6 +158,8 @@ class TorchEngine:
         self.calibrate_budget = calibrate_budget
         self.max_batch_s = max_batch_s
         self.calibration: list[BudgetPoint] = []
+        #: told the final token budget once warm-up has settled it (the device's memory plan)
+        self._on_budget = on_budget
         self.attention = self._choose_attention(attention)
         probe = (lambda: torch.cuda.mem_get_info(device)) if device.type == "cuda" else None
         self._heartbeat = heartbeat or Heartbeat(probe=probe)
@@ -223,6 +231,8 @@ class TorchEngine:
         self._check_mixed_lengths()
         if self.calibrate_budget:
             self.calibrate()
+        if self._on_budget is not None:
+            self._on_budget(self.token_budget)
 
     def _warm_full_budget(self) -> None:
         while True:
