@@ -94,11 +94,19 @@ def packed(lengths, heads=4, kv_heads=2, dim=8, dtype=torch.bfloat16, seed=0):
     return [torch.randn(total, h, dim, generator=g).to(dtype) for h in (heads, kv_heads, kv_heads)]
 
 
-@pytest.mark.parametrize("fn", [torch_2_10, torch_2_11, torch_2_12], ids=["2.10", "2.11", "2.12+"])
+def both_flags(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, *, window_size=(-1, -1)):
+    """A signature with both is_causal and window_size: both must agree."""
+    assert is_causal == (window_size[1] == 0)
+    return torch_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size=window_size)
+
+
+@pytest.mark.parametrize("fn", [torch_2_10, torch_2_11, torch_2_12, both_flags],
+                         ids=["2.10", "2.11", "2.12+", "is_causal+window"])
 @pytest.mark.parametrize("causal,window", [(True, None), (False, None), (True, 5)])
 def test_varlen_kernel_speaks_each_torch_signature(fn, causal, window):
     kernel = VarlenKernel.wrap(fn)
     assert kernel.gqa == (fn is torch_2_12) and kernel.window == (fn is not torch_2_10)
+    assert kernel.is_causal == (fn in (torch_2_10, both_flags))
     lengths = [9, 3, 1, 12]
     q, k, v = packed(lengths)
     cu = np.concatenate([[0], np.cumsum(lengths)])

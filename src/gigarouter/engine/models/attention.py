@@ -220,6 +220,7 @@ class VarlenKernel:
     fn: Callable
     window: bool     # takes window_size
     gqa: bool        # takes enable_gqa
+    is_causal: bool = False   # takes is_causal (2.10; passed as well wherever it exists)
 
     @classmethod
     def wrap(cls, fn: Callable | None) -> "VarlenKernel | None":
@@ -231,7 +232,7 @@ class VarlenKernel:
             return None
         if "window_size" not in params and "is_causal" not in params:
             return None
-        return cls(fn, "window_size" in params, "enable_gqa" in params)
+        return cls(fn, "window_size" in params, "enable_gqa" in params, "is_causal" in params)
 
     def supports_window(self) -> bool:
         return self.window
@@ -247,7 +248,7 @@ class VarlenKernel:
         elif layout.window_bites:
             raise RuntimeError(f"this torch's varlen_attn has no sliding window, and a sequence of "
                                f"{layout.max_len} tokens exceeds the model's window of {layout.window}")
-        else:
+        if self.is_causal:
             kwargs["is_causal"] = layout.causal
         groups = q.shape[1] // k.shape[1]
         if groups > 1:
@@ -350,8 +351,12 @@ PROBE_LENGTHS = (1, 7, 33, 130)
 
 def probe_varlen(kernel: VarlenKernel, device: torch.device, dtype: torch.dtype, *, heads: int, kv_heads: int,
                  head_dim: int, causal: bool, window: int | None, lengths: Sequence[int] = PROBE_LENGTHS,
-                 tolerance: float = 2e-2) -> str | None:
-    """None if ``kernel`` runs a mixed-length batch and matches the grid path, else what went wrong."""
+                 tolerance: float = 0.1) -> str | None:
+    """None if ``kernel`` runs a mixed-length batch and matches the grid path, else what went wrong.
+
+    Unit-variance q, k, v: bf16 rounding moves outputs by ~0.02 at most (max |output| ~4); a
+    kernel that crosses sequence boundaries or gets the causal mask wrong moves them by ~3-5.
+    """
     g = torch.Generator(device="cpu").manual_seed(0)
     total = sum(lengths)
     q, k, v = (torch.randn(total, h, head_dim, generator=g).to(device=device, dtype=dtype)
