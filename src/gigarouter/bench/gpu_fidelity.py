@@ -34,9 +34,7 @@ import torch
 
 from gigarouter.bench.load_memory import _peak_bytes, _reset_peak
 from gigarouter.bench.shapes import model_flops
-from gigarouter.engine.build import build_model
 from gigarouter.engine.models import attention
-from gigarouter.engine.sources import ResolvedCheckpoint
 from gigarouter.pooling.pooling import pool
 
 MISTRAL_7B = {"model_type": "mistral", "architectures": ["MistralModel"], "vocab_size": 32000, "hidden_size": 4096,
@@ -71,6 +69,11 @@ def sync(device: torch.device) -> None:
 
 
 def load(directory: Path, *, recipe: str, dtype: torch.dtype, device: torch.device) -> tuple:
+    # Here, not at the top: bench/gpu_first_run.py uses this module on a GPU image that lacks
+    # what engine/sources.py pulls in (settings, platformdirs).
+    from gigarouter.engine.build import build_model
+    from gigarouter.engine.sources import ResolvedCheckpoint
+
     resolved = ResolvedCheckpoint(base_dir=directory, adapter_dirs=(), tokenizer_dir=directory, base_name="bench")
     baseline = _reset_peak()
     start = time.perf_counter()
