@@ -53,8 +53,8 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def ops_per_pass(lengths: list[int], path: str) -> dict:
-    cfg = MistralConfig.from_hf(gpu_fidelity.MISTRAL_7B)
+def ops_per_pass(lengths: list[int], path: str, *, layers: int | None = None) -> dict:
+    cfg = MistralConfig.from_hf({**gpu_fidelity.MISTRAL_7B, **({"num_hidden_layers": layers} if layers else {})})
     with torch.device("meta"):
         model = MistralModel(cfg).to(torch.bfloat16).eval()
     model.attention_path = path
