@@ -195,7 +195,8 @@ async def _ready_during_bulk(engine: TorchEngine, budget: int, shape: Shape) -> 
     batch_s = time.perf_counter() - started
     await sched.stop()
     return {"bulk_tokens": sum(len(d.token_ids) for d in docs), "bulk_seconds": batch_s,
-            "health_calls": len(health_ms), "health_ms_p50": _pct(health_ms, 50), "health_ms_max": max(health_ms),
+            "health_calls": len(health_ms), "health_ms_p50": _pct(health_ms, 50),
+            "health_ms_max": max(health_ms, default=0.0),
             "loop_lag_ms_p50": _pct(lag_ms, 50), "loop_lag_ms_max": max(lag_ms, default=0.0),
             "old_health_synchronize_ms": old_health_ms}
 
