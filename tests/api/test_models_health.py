@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from fastapi.testclient import TestClient
 
 from gigarouter.api.app import create_app
+from gigarouter.engine.heartbeat import Heartbeat
+from gigarouter.engine.runner import TorchEngine
+from gigarouter.pooling.pooling import PoolingMode
 from gigarouter.settings import Settings
 from tests.conftest import FakeEngine, fake_loader, wait_ready
 
@@ -68,3 +73,42 @@ def test_unknown_route_and_method_are_openai_shaped(real_client):
     assert r.status_code == 404 and "error" in r.json()
     r = real_client.get("/v1/embeddings")
     assert r.status_code == 405 and "error" in r.json()
+
+
+class _Features(torch.nn.Module):
+    """8 features per token id; holds the device (blocks) while ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold, self.entered, self.release = False, threading.Event(), threading.Event()
+
+    def forward(self, ids, cu):
+        if self.hold:
+            self.entered.set()
+            self.release.wait(30)
+        x = ids.float().unsqueeze(1)
+        return torch.cat([torch.sin(x * (k + 1)) for k in range(8)], dim=1)
+
+
+def test_ready_answers_at_once_during_a_long_batch_and_names_a_stalled_device(tmp_path):
+    """/ready runs on the event loop: it reads the engine's heartbeat and never waits for the device."""
+    model = _Features()
+    engine = TorchEngine(model, pooling=PoolingMode.MEAN, dim=8, device=torch.device("cpu"), token_budget=256,
+                         max_seq_len=64, heartbeat=Heartbeat(stall_floor_s=1.0, stall_factor=1))
+    with TestClient(create_app(Settings(data_dir=tmp_path), loader=fake_loader(engine))) as client:
+        wait_ready(client)
+        model.hold = True
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["x"] * 4})
+            assert model.entered.wait(10)
+            started = time.perf_counter()
+            assert client.get("/ready").status_code == 200
+            assert time.perf_counter() - started < 0.5
+            time.sleep(1.1)
+            r = client.get("/ready")
+            assert r.status_code == 503
+            assert "device not answering: a forward pass has run for" in r.json()["error"]["message"]
+            model.hold = False
+            model.release.set()
+            assert pending.result(10).status_code == 200
+        assert client.get("/ready").status_code == 200

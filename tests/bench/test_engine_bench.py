@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gigarouter.bench.engine import measure, plan_batches, run_engine_bench
-from gigarouter.bench.shapes import build
+from gigarouter.bench.shapes import attention_keys, build, model_flops
 from gigarouter.scheduler.batching import batch_cost
 
 
@@ -63,3 +63,31 @@ def test_mistral_shape_against_transformers_agrees_on_the_numbers():
     for r in hf["rows"]:
         assert r["ratio"] == pytest.approx(r["ours_tokens_per_s"] / r["transformers_tokens_per_s"])
     assert hf["last_token_agreement"]["min_cosine"] > 0.9999
+
+
+def test_flops_leave_out_the_embedding_table_and_count_windowed_causal_attention_exactly():
+    bm = build("mistral-tiny", device="cpu", token_budget=512)
+    embedding = bm.model.embed_tokens.weight.numel()
+    assert bm.matmul_params == sum(p.numel() for p in bm.model.parameters() if p.dim() == 2) - embedding
+    assert attention_keys(5, causal=False, window=None) == 25
+    assert attention_keys(5, causal=True, window=None) == 15            # 1 + 2 + 3 + 4 + 5
+    assert attention_keys(5, causal=True, window=2) == 9                # 1 + 2 + 2 + 2 + 2
+    assert model_flops(bm.model, [7, 100]) == bm.flops([7, 100])
+
+
+def test_padding_is_zero_on_the_varlen_path():
+    from gigarouter.bench.engine import prepare, result_row, run_pass
+    from gigarouter.engine.models.attention import VARLEN, AttentionChoice
+
+    bm = build("bert-tiny", device="cpu", token_budget=256)
+    w = prepare([[5] * n for n in (4, 9, 30, 31, 60)], name="t", token_budget=256)
+    run_pass(bm, w)
+    assert result_row(bm, w, peak_flops=1e9)["padding_fraction"] > 0           # grid: buckets pad
+    bm.engine.attention = AttentionChoice(VARLEN, "as on a GPU")
+    assert result_row(bm, w, peak_flops=1e9)["padding_fraction"] == 0.0        # varlen reads packed rows
+
+
+def test_the_sweep_reports_the_budget_the_knee_rule_picks():
+    result = run_engine_bench("bert-tiny", device="cpu", corpus_size=24, lengths=[16], budgets=[256, 1024],
+                              min_seconds=0.0, token_budget=512, log=lambda _: None)
+    assert result["knee_budget"] in (256, 1024) and result["attention_path"] == "grid"

@@ -1,7 +1,9 @@
-"""TorchEngine: packing in, pooled vectors out; budgets chosen from memory and checked by warm-up."""
+"""TorchEngine: packing in, pooled vectors out; budgets from memory and the measured knee; health that never waits."""
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,9 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from gigarouter.engine import runner
 from gigarouter.engine.base import pack
-from gigarouter.engine.runner import PROCESS_THREADS, TorchEngine, budget_from_memory, default_parallel_batches
-from gigarouter.errors import EngineOutOfMemory
+from gigarouter.engine.heartbeat import Heartbeat
+from gigarouter.engine.models import attention as runner_attention
+from gigarouter.engine.models.attention import AttentionUnavailable
+from gigarouter.engine.runner import (PROCESS_THREADS, BudgetPoint, TorchEngine, budget_from_memory,
+                                      budget_from_throughput, default_parallel_batches)
+from gigarouter.errors import EngineOutOfMemory, ModelLoadError
 from gigarouter.pooling.pooling import PoolingMode
 
 
@@ -47,7 +54,7 @@ def test_warmup_halves_the_budget_until_it_fits():
     e = engine(model, budget=64, max_len=8)
     e.warmup()
     assert e.token_budget == 16
-    assert model.calls == [64, 32, 16]
+    assert model.calls[:3] == [64, 32, 16]
 
 
 def test_torch_out_of_memory_becomes_engine_out_of_memory(monkeypatch):
@@ -123,3 +130,144 @@ def test_parallel_batches_on_the_real_model_give_the_vectors_of_serial_ones(mini
         parallel = list(pool.map(lambda b: real.embed(b, concurrent=True), batches * 3))
     for i, got in enumerate(parallel):
         np.testing.assert_allclose(got, serial[i % 2], rtol=0, atol=1e-5)
+
+
+# -- the GPU budget from the measured knee and the latency bound ---------------------------------
+
+def points(*rows):
+    return [BudgetPoint(b, tps, secs) for b, tps, secs in rows]
+
+
+H100_LIKE = points((2048, 20_000, 0.10), (4096, 34_000, 0.12), (8192, 40_000, 0.20), (16384, 42_000, 0.39),
+                   (32768, 43_000, 0.76), (65536, 43_500, 1.5), (131072, 43_600, 3.0), (262144, 43_700, 6.0))
+
+
+def test_the_budget_is_the_knee_of_throughput_not_the_memory_ceiling():
+    # 90% of the best (43,700) is 39,330: 8192 is the first budget past it, and its batch takes 200 ms.
+    assert budget_from_throughput(H100_LIKE, memory_budget=262_144, max_seq_len=512) == 8192
+
+
+def test_the_latency_bound_cuts_below_the_knee_when_batches_are_slow():
+    slow = points((2048, 10_000, 0.2), (4096, 14_000, 0.29), (8192, 16_000, 0.51), (16384, 16_500, 0.99))
+    assert budget_from_throughput(slow, memory_budget=262_144, max_seq_len=512, max_batch_s=0.3) == 4096
+    # No budget meets the bound: the smallest measured.
+    assert budget_from_throughput(slow, memory_budget=262_144, max_seq_len=512, max_batch_s=0.1) == 2048
+
+
+def test_memory_caps_the_budget_and_the_result_is_whole_longest_sequences():
+    assert budget_from_throughput(H100_LIKE, memory_budget=4096, max_seq_len=512) == 4096
+    assert budget_from_throughput(H100_LIKE, memory_budget=262_144, max_seq_len=4096) == 8192
+    assert budget_from_throughput(H100_LIKE, memory_budget=262_144, max_seq_len=3000) == 6000
+    assert budget_from_throughput(H100_LIKE[:1], memory_budget=262_144, max_seq_len=4096) == 4096
+    assert budget_from_throughput([], memory_budget=20_000, max_seq_len=4096) == 16384
+
+
+class Timed(Echo):
+    """A model whose pass takes 5 ms + 10 us per token on a fake clock."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, ids, cu):
+        self.clock[0] += 0.005 + 1e-5 * ids.numel()
+        return super().forward(ids, cu)
+
+
+def test_calibration_measures_each_budget_and_picks_from_the_sweep(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    e = TorchEngine(Timed(clock), pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=65536,
+                    max_seq_len=512, max_batch_s=0.05)
+    chosen = e.calibrate(budgets=(1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072))
+    # A pass of T tokens takes 5 ms + 10 us x T: 4096 tokens 46 ms (89k tokens/s), 16384 tokens 169 ms
+    # (97k tokens/s) > 2 x 50 ms, so the sweep stops there (131072, over memory, is never a candidate).
+    # The knee (90% of 97k) is 4096, which also meets the 50 ms bound.
+    assert [p.token_budget for p in e.calibration] == [1024, 2048, 4096, 8192, 16384]
+    assert e.calibration[2].batch_seconds == pytest.approx(0.04596)
+    assert chosen == e.token_budget == 4096
+
+
+def test_warmup_calibrates_only_when_asked(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    fixed = TorchEngine(Timed(clock), pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"),
+                        token_budget=8192, max_seq_len=512)
+    fixed.warmup()
+    assert fixed.token_budget == 8192 and not fixed.calibration
+    settled = []
+    measured = TorchEngine(Timed(clock), pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"),
+                           token_budget=8192, max_seq_len=512, calibrate_budget=True, on_budget=settled.append)
+    measured.warmup()
+    assert measured.calibration and measured.token_budget <= 8192
+    assert settled == [measured.token_budget]        # the device's memory plan learns the final budget
+
+
+def tiny_mistral(causal: bool = True) -> nn.Module:
+    from gigarouter.engine.models.mistral import MistralConfig, MistralModel
+
+    with torch.device("meta"):
+        model = MistralModel(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, causal=causal))
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
+    return model.eval()
+
+
+def test_warmup_refuses_a_model_whose_packed_batch_differs_from_its_sequences_alone(monkeypatch):
+    model = tiny_mistral(causal=False)
+    engine(model, pooling=PoolingMode.MEAN, budget=256, max_len=64).warmup()
+    # Attention gone wrong: the whole packed batch as one sequence (what a bad cu_seqlens does).
+    build = runner_attention.AttentionLayout.build.__func__
+
+    def one_sequence(cls, cu_seqlens, **kwargs):
+        cu = np.asarray(cu_seqlens)
+        return build(cls, np.array([0, cu[-1]]), **kwargs)
+
+    monkeypatch.setattr(runner_attention.AttentionLayout, "build", classmethod(one_sequence))
+    with pytest.raises(ModelLoadError, match="does not give the vectors of its sequences run alone"):
+        engine(model, pooling=PoolingMode.MEAN, budget=256, max_len=64).warmup()
+
+
+class Held(Echo):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, ids, cu):
+        self.entered.set()
+        self.release.wait(10)
+        return super().forward(ids, cu)
+
+
+def test_health_answers_at_once_while_a_pass_holds_the_device_and_flags_a_stalled_one():
+    model = Held()
+    beat = Heartbeat(stall_floor_s=0.3, stall_factor=1)
+    e = TorchEngine(model, pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=64,
+                    max_seq_len=8, heartbeat=beat)
+    with ThreadPoolExecutor(1) as device_thread:
+        running = device_thread.submit(e.embed, pack([[1, 2, 3]]))
+        assert model.entered.wait(5)
+        started = time.perf_counter()
+        assert e.health()
+        assert time.perf_counter() - started < 0.05
+        time.sleep(0.4)
+        state = e.health_state()
+        assert not state.ok and "forward pass has run" in state.reason
+        model.release.set()
+        running.result(5)
+    assert e.health()
+
+
+def test_the_engine_chooses_and_records_its_attention_path_once(caplog):
+    model = tiny_mistral()
+    with caplog.at_level("INFO"):
+        e = engine(model, pooling=PoolingMode.LAST, budget=64, max_len=16)
+    assert e.attention.path == model.attention_path == "grid"
+    assert "attention path on cpu: grid" in caplog.text
+    with pytest.raises(AttentionUnavailable):
+        TorchEngine(model, pooling=PoolingMode.LAST, dim=32, device=torch.device("cpu"), token_budget=64,
+                    max_seq_len=16, attention="varlen")

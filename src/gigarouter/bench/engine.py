@@ -5,10 +5,12 @@ length, ``plan_batch`` under a token budget) and packed once up front. The
 configurations then run round-robin, one whole pass each per round, with a
 matmul sample every round, until each has ``min_seconds``: on a shared machine
 a noisy minute slows every configuration and the peak alike. Each reports
-tokens/s and inputs/s, the padding the portable attention path computes, the
-useful FLOP rate (``BenchModel.flops``) and its fraction of the device's
-dense matmul rate measured in the same run, and on CUDA the peak activation
-memory per token.
+tokens/s and inputs/s, the padding the attention path computes (none on the
+varlen path: it reads packed rows), the useful FLOP rate (``BenchModel.flops``:
+no embedding lookup, attention included) and its fraction of the device's
+dense matmul rate measured in the same run (CUDA events on a GPU), and on CUDA
+the peak activation memory per token. The token-budget sweep ends with the
+budget ``budget_from_throughput`` picks from it (the knee, under the latency bound).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from gigarouter.bench.corpus import TokenCounter, length_summary, mixed_corpus, 
 from gigarouter.bench.machine import machine_info, matmul_rate
 from gigarouter.bench.shapes import FIXED_LENGTHS, BenchModel, build
 from gigarouter.engine.base import PackedBatch, pack
-from gigarouter.engine.models.attention import AttentionLayout
+from gigarouter.engine.models.attention import VARLEN, bucket_groups
+from gigarouter.engine.runner import BudgetPoint, budget_from_memory, budget_from_throughput
 from gigarouter.scheduler.batching import plan_batch
 
 CPU_BUDGETS = (512, 1024, 2048, 4096, 8192, 16384)
-GPU_BUDGETS = (4096, 8192, 16384, 32768, 65536)
+# Up to the 262,144 ceiling budget_from_memory allows: the budgets a GPU could actually serve.
+GPU_BUDGETS = (2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 
 
 def plan_batches(lengths: Sequence[int], *, token_budget: int) -> list[list[int]]:
@@ -92,7 +96,9 @@ def run_pass(bm: BenchModel, w: Workload) -> None:
 def result_row(bm: BenchModel, w: Workload, *, peak_flops: float) -> dict:
     lengths, plan, passes, elapsed = w.lengths, w.plan, w.passes, w.seconds
     tokens, inputs = sum(lengths) * passes, len(lengths) * passes
-    computed = sum(_grid_cells([lengths[i] for i in idx]) for idx in plan) * passes
+    varlen = getattr(getattr(bm.engine, "attention", None), "path", None) == VARLEN
+    # The varlen kernel reads packed rows: it computes no padding at all.
+    computed = tokens if varlen else sum(_grid_cells([lengths[i] for i in idx]) for idx in plan) * passes
     flops = bm.flops(lengths) * passes
     biggest = max(sum(lengths[i] for i in idx) for idx in plan)
     return {
@@ -138,11 +144,10 @@ def measure_interleaved(items: Sequence[tuple[BenchModel, Workload]], *, min_sec
 
 
 def _grid_cells(lengths: Sequence[int]) -> int:
-    """Token positions the portable attention path lays out for a batch: its length buckets' grids."""
+    """Token positions the grid attention path lays out for a batch: its length buckets' grids."""
     if len(lengths) == 1:
         return lengths[0]
-    cu = torch.tensor([0, *np.cumsum(lengths).tolist()])
-    return sum(b.count * b.longest for b in AttentionLayout.build(cu, causal=False).buckets)
+    return sum(len(g) * max(lengths[i] for i in g) for g in bucket_groups(lengths))
 
 
 def fixed_sequences(bm: BenchModel, length: int, *, token_budget: int, seed: int) -> list[list[int]]:
@@ -184,7 +189,13 @@ def run_engine_bench(shape: str = "minilm", *, device: str = "auto", dtype: str 
         length = min(length, bm.max_seq_len)
         workloads.append(prepare(fixed_sequences(bm, length, token_budget=budget, seed=seed),
                                  name=f"fixed-{length}", token_budget=budget))
-    default_budgets = GPU_BUDGETS if bm.engine.device.type == "cuda" else CPU_BUDGETS
+    default_budgets = CPU_BUDGETS
+    if bm.engine.device.type == "cuda":    # every budget that fits next to the weights, up to the ceiling
+        cfg = bm.model.config
+        fits = budget_from_memory(free_bytes=torch.cuda.mem_get_info(bm.engine.device)[0],
+                                  hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
+                                  dtype_bytes=torch.finfo(bm.dtype).bits // 8, max_seq_len=1)
+        default_budgets = tuple(b for b in GPU_BUDGETS if b <= fits) or GPU_BUDGETS[:1]
     longest = max(len(s) for s in mixed)
     sweep_w = [prepare(mixed, name="mixed", token_budget=max(b, longest)) for b in budgets or default_budgets]
     best = measure_interleaved([(bm, w) for w in workloads + sweep_w], min_seconds=min_seconds,
@@ -201,11 +212,17 @@ def run_engine_bench(shape: str = "minilm", *, device: str = "auto", dtype: str 
     result = {
         "kind": "engine", "shape": shape, "device": dev, "dtype": dtype_name, "threads": torch.get_num_threads(),
         "machine": machine_info(device=dev), "matmul": peak, "matmul_params": bm.matmul_params,
-        "default_token_budget": budget, "corpus": corpus_name, "runs": runs,
+        "default_token_budget": budget, "attention_path": bm.engine.attention.path,
+        "attention_reason": bm.engine.attention.reason, "corpus": corpus_name, "runs": runs,
         "budget_sweep": [{"token_budget": r["token_budget"], "tokens_per_s": r["tokens_per_s"],
                           "batch_ms_p50": r["batch_ms_p50"], "batch_ms_max": r["batch_ms_max"],
                           "padding_fraction": r["padding_fraction"], "bytes_per_token": r["bytes_per_token"]}
                          for r in sweep],
+        # What the start-up calibration would pick from this sweep (runner.budget_from_throughput),
+        # judged by the slowest batch of each budget.
+        "knee_budget": budget_from_throughput(
+            [BudgetPoint(r["token_budget"], r["tokens_per_s"], r["batch_ms_max"] / 1000) for r in sweep],
+            memory_budget=max(r["token_budget"] for r in sweep), max_seq_len=1) if sweep else None,
     }
     if hf_compare is None:
         hf_compare = shape.startswith("mistral")

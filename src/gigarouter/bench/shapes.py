@@ -53,25 +53,50 @@ class BenchModel:
     @property
     def matmul_params(self) -> int:
         """Parameters that take part in a matmul per token (every weight except embedding tables)."""
-        return sum(p.numel() for name, p in self.model.named_parameters()
-                   if p.dim() == 2 and "embed" not in name)
+        return matmul_params(self.model)
 
     def flops(self, lengths: Sequence[int]) -> float:
-        """Useful FLOPs for a batch of sequences: 2 x matmul params per token plus attention.
+        return batch_flops(lengths, matmul_params=self.matmul_params, layers=self.layers,
+                           attn_width=self.attn_width, causal=self.causal, window=self.window)
 
-        Attention per layer and token: q.k over the keys it sees and attn.v back,
-        2 x 2 x keys x attn_width; a token sees all L keys (bidirectional), on
-        average (L + 1) / 2 (causal), at most ``window`` (sliding window).
-        Padding the portable path computes is not counted: it is waste, not work.
-        """
-        dense = 2.0 * self.matmul_params
-        total = 0.0
-        for n in lengths:
-            keys = (n + 1) / 2 if self.causal else n
-            if self.window is not None:
-                keys = min(keys, self.window)
-            total += n * (dense + 4.0 * self.layers * self.attn_width * keys)
-        return total
+
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in a matmul per token: every 2-D weight but the embedding tables
+    (a lookup, no arithmetic)."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
+
+
+def attention_keys(n: int, *, causal: bool, window: int | None) -> float:
+    """Keys summed over the queries of one ``n``-token sequence: n^2 bidirectional; causal query i
+    sees i + 1 keys, at most ``window``."""
+    if not causal:
+        return float(n * n)
+    w = n if window is None else min(window, n)
+    return w * (w + 1) / 2 + (n - w) * w
+
+
+def batch_flops(lengths: Sequence[int], *, matmul_params: int, layers: int, attn_width: int, causal: bool,
+                window: int | None) -> float:
+    """Useful FLOPs for a batch of sequences: 2 x matmul params per token plus attention.
+
+    Attention per layer, per (query, key) pair it computes: q.k and attn.v, 2 x 2 x
+    attn_width (query heads x head dim). Padding a grid path computes is not counted:
+    it is waste, not work; nor is the embedding lookup.
+    """
+    dense = 2.0 * matmul_params
+    return sum(n * dense + 4.0 * layers * attn_width * attention_keys(n, causal=causal, window=window)
+               for n in lengths)
+
+
+def model_flops(model: nn.Module, lengths: Sequence[int]) -> float:
+    """``batch_flops`` for one of our Mistral or BERT models, its facts read off its config."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", cfg.hidden_size // heads)
+    causal = getattr(cfg, "causal", False)
+    return batch_flops(lengths, matmul_params=matmul_params(model), layers=cfg.num_hidden_layers,
+                       attn_width=heads * head_dim, causal=causal,
+                       window=getattr(model, "attention_window", None))
 
 
 def build(shape: str, *, device: str = "auto", dtype: str = "auto", token_budget: int | None = None,

@@ -72,9 +72,11 @@ class Engine(Protocol):
         ...
 
     def warmup(self) -> None:
-        """Run a forward pass at the full token budget, so OOM shows before serving."""
+        """Run a forward pass at the full token budget, so OOM shows before serving (and settle
+        ``token_budget``: a GPU engine may measure it here)."""
         ...
 
     def health(self) -> bool:
-        """True while the device answers."""
+        """True while the device answers. Called on the event loop (``/ready``): it must answer
+        at once, never by waiting for the device (``engine/heartbeat.py``)."""
         ...

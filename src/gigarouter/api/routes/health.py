@@ -22,6 +22,9 @@ async def health() -> dict:
 async def ready(models: RouterDep) -> Response:
     """200 once every local model is loaded and warmed up, its device answers, and every route was probed.
 
+    Answers at once even while a long batch runs: device health is read from the engine's
+    heartbeat, never by waiting for the device.
+
     A route whose remote providers are all down does not hold readiness back (this
     server can still serve the others); its state is in the body and in /v1/models.
     """
@@ -32,8 +35,8 @@ async def ready(models: RouterDep) -> Response:
             state = f"failed: {dep.error}"
         elif dep is not None and dep.state != "ready":
             state = dep.state
-        elif dep is not None and not dep.engine.health():
-            state = "device not answering"
+        elif dep is not None and (reason := _device_trouble(dep.engine)) is not None:
+            state = f"device not answering: {reason}" if reason else "device not answering"
         elif not route.probed:
             state = "probing providers"
         else:
@@ -44,6 +47,16 @@ async def ready(models: RouterDep) -> Response:
         return JSONResponse({"status": "ready", "models": states, "providers": providers})
     waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")
     return error_response(503, f"not ready: {waiting}", type="server_error", code="not_ready")
+
+
+def _device_trouble(engine) -> str | None:
+    """None while the device is fine, else why not. Runs on the event loop, so it must not wait:
+    engines answer from their heartbeat, never by synchronizing the device (engine/heartbeat.py)."""
+    detail = getattr(engine, "health_state", None)
+    if detail is not None:
+        state = detail()
+        return None if state.ok else state.reason
+    return None if engine.health() else ""
 
 
 @router.get("/metrics")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigarouter.engine.models.attention import AttentionLayout, attend
+from gigarouter.engine.models.attention import GRID, AttentionLayout, attend
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # input_ids, positions: [T] -> [T, hidden]; single-segment inputs use token type 0.
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight.select(0, 0)
         return self.LayerNorm(x)
 
 
@@ -126,10 +126,23 @@ class BertModel(nn.Module):
         self.config = cfg
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
+        #: grid or varlen (engine/models/attention.py); the engine sets it once, at start-up
+        self.attention_path = GRID
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        # input_ids: [T]; cu_seqlens: [n+1] -> hidden: [T, hidden]
-        layout = AttentionLayout.build(cu_seqlens, causal=False)
+    attention_window = None
+
+    def attention_shape(self) -> dict:
+        """What ``select_attention`` needs to know about this model's attention."""
+        cfg = self.config
+        return {"heads": cfg.num_attention_heads, "kv_heads": cfg.num_attention_heads, "head_dim": cfg.head_dim,
+                "causal": False, "window": None}
+
+    def attention_layout(self, cu_seqlens, device: torch.device) -> AttentionLayout:
+        return AttentionLayout.build(cu_seqlens, causal=False, path=self.attention_path, device=device)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens) -> torch.Tensor:
+        # input_ids: [T] on the device; cu_seqlens: [n+1], the host copy -> hidden: [T, hidden]
+        layout = self.attention_layout(cu_seqlens, input_ids.device)
         x = self.embeddings(input_ids, layout.pos_in_seq)
         for layer in self.encoder.layer:
             x = layer(x, layout)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigarouter.engine.models.attention import AttentionLayout, attend
+from gigarouter.engine.models.attention import GRID, AttentionLayout, attend
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,15 @@ def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dt
     meta device after loading and there is no buffer to keep in sync.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]        # [T, D/2]
+    freqs = positions.float().unsqueeze(1) * inv_freq.unsqueeze(0)  # [T, D/2]
     emb = torch.cat((freqs, freqs), dim=-1)                        # [T, D]
-    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+    return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: [T, H, D]; rotate_half convention of Hugging Face checkpoints.
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    rotated = torch.cat((-x.narrow(-1, half, half), x.narrow(-1, 0, half)), dim=-1)
     return x * cos + rotated * sin
 
 
@@ -147,14 +147,29 @@ class MistralModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(MistralLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        #: grid or varlen (engine/models/attention.py); the engine sets it once, at start-up
+        self.attention_path = GRID
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        # input_ids: [T]; cu_seqlens: [n+1] -> hidden: [T, hidden]
-        cfg = self.config
+    @property
+    def attention_window(self) -> int | None:
         # A causal model only ever looks back, so the window is the only extra mask;
         # bidirectional LLM2Vec checkpoints (Instruct-v0.2) have no window.
-        window = cfg.sliding_window if cfg.causal else None
-        layout = AttentionLayout.build(cu_seqlens, causal=cfg.causal, window=window)
+        return self.config.sliding_window if self.config.causal else None
+
+    def attention_shape(self) -> dict:
+        """What ``select_attention`` needs to know about this model's attention."""
+        cfg = self.config
+        return {"heads": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+                "causal": cfg.causal, "window": self.attention_window}
+
+    def attention_layout(self, cu_seqlens, device: torch.device) -> AttentionLayout:
+        return AttentionLayout.build(cu_seqlens, causal=self.config.causal, window=self.attention_window,
+                                     path=self.attention_path, device=device)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens) -> torch.Tensor:
+        # input_ids: [T] on the device; cu_seqlens: [n+1], the host copy -> hidden: [T, hidden]
+        cfg = self.config
+        layout = self.attention_layout(cu_seqlens, input_ids.device)
         x = self.embed_tokens(input_ids)                               # [T, hidden]
         rope = rotary(layout.pos_in_seq, cfg.head_dim, cfg.rope_theta, x.dtype)
         for layer in self.layers:

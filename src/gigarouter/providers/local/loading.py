@@ -4,16 +4,28 @@ Resolution (Hub or directory, adapter chains) is ``engine/sources.py``; building
 and loading the torch model is ``engine/build.py``; the recipe comes from the
 same directories, with the card's instructions. This module joins them: the
 engine itself never builds recipes or reads cards.
+
+On a GPU with no budget configured, the token budget is measured at warm-up
+(``TorchEngine.calibrate``: the throughput knee under a latency bound) within
+the memory this model's share of the device allows (``engine/memory.py``).
+``GIGAROUTER_ATTENTION`` (auto, varlen, grid) pins the attention path: with
+``varlen`` a GPU that cannot run the varlen kernel fails the load instead of
+serving on the grid path.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
 
 import torch
 
 from gigarouter.catalog.cards import find_card
 from gigarouter.engine.build import build_model, hidden_size
-from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_parallel_batches,
-                                      default_token_budget, resolve_device, resolve_dtype)
+from gigarouter.engine.memory import plan_for
+from gigarouter.engine.runner import (TorchEngine, activation_bytes_per_token, budget_from_memory,
+                                      default_parallel_batches, default_token_budget, resolve_device,
+                                      resolve_dtype)
 from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings
@@ -28,18 +40,40 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device)
-    budget = config.token_budget or settings.batch_token_budget or _auto_budget(model, device, dtype, recipe)
+    explicit = config.token_budget or settings.batch_token_budget
+    budget, settle = (explicit, None) if explicit else _auto_budget(model, device, dtype, recipe, settings)
     engine = TorchEngine(model, pooling=recipe.pooling, dim=hidden_size(model), device=device,
                          token_budget=budget, max_seq_len=recipe.max_tokens,
-                         parallel_batches=settings.cpu_parallel_batches or default_parallel_batches(device))
+                         parallel_batches=settings.cpu_parallel_batches or default_parallel_batches(device),
+                         attention=os.environ.get("GIGAROUTER_ATTENTION", "auto"),
+                         calibrate_budget=device.type == "cuda" and not explicit, on_budget=settle)
     return recipe, engine
 
 
-def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, recipe: Recipe) -> int:
+def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, recipe: Recipe,
+                 settings: Settings) -> tuple[int, Callable[[int], None] | None]:
+    """The budget's upper bound from this model's share of free memory, and how to settle the share."""
     if device.type != "cuda":
-        return default_token_budget(device)   # TorchEngine raises it to one longest sequence if need be
+        return default_token_budget(device), None   # TorchEngine raises it to one longest sequence if need be
+    key = _device_key(device)
+    plan = plan_for(key, models=sum(1 for m in settings.models if _device_key(resolve_device(m.device)) == key))
     free, _total = torch.cuda.mem_get_info(device)
     cfg = model.config
-    return budget_from_memory(free_bytes=free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
-                              dtype_bytes=torch.finfo(dtype).bits // 8, max_seq_len=recipe.max_tokens)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    per_token = activation_bytes_per_token(hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
+                                           dtype_bytes=dtype_bytes)
+    budget = budget_from_memory(free_bytes=plan.share(free), hidden=cfg.hidden_size,
+                                intermediate=cfg.intermediate_size, dtype_bytes=dtype_bytes,
+                                max_seq_len=recipe.max_tokens)
 
+    def settle(final_budget: int) -> None:
+        torch.cuda.empty_cache()          # the warm-up's cache back, so the next model measures free memory truly
+        plan.settle(per_token * final_budget)
+
+    return budget, settle
+
+
+def _device_key(device: torch.device) -> str:
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda:0"
+    return str(device)
