@@ -4,8 +4,8 @@ The shapes: nesting 100,000 deep (arrays and objects) and 1,000 deep (under the 
 limit, where a recursive repr or json.dumps downstream would still fail); integers of thousands
 of digits; lone surrogates, as escapes and as raw bytes; NaN and Infinity; numbers that overflow
 a double; floats and booleans as token ids; NUL in strings that reach the database. Each one is
-sent in every field of /v1/embeddings (with and without an Idempotency-Key) and to the web's
-try-it, against an app with accounts on, so nothing stops before the value is looked at.
+sent in every field of /v1/embeddings (with and without an Idempotency-Key) and of the accounts
+routes, against an app with accounts on, so nothing stops before the value is looked at.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ SHAPES: dict[str, bytes] = {
     "-Infinity": b"-Infinity",
     "a number past a double": b"1e400",
 }
+#: Strings that reach the database (Postgres cannot store NUL): refused there. Free text that is only
+#: embedded (input, instruction, user) may hold it.
+STORED_SHAPES = {**SHAPES, "a string with NUL": b'"a\\u0000b@example.com"'}
 TOKEN_SHAPES: dict[str, bytes] = {
     "float token ids": b"[1.5, 2.0]",
     "whole floats as token ids": b"[1.0]",
@@ -141,6 +144,47 @@ def test_free_text_with_nul_or_astral_characters_still_embeds(client):
     for text in ("a\u0000b", "\U0001F600 emoji", "\ud83d\ude00"):   # the last is a valid surrogate *pair*
         body = json.dumps({"model": MODEL, "input": text}).encode()
         assert post(client, "/v1/embeddings", body).status_code == 200
+
+
+def _account_fields(admin_account: str) -> list[tuple[str, str, bytes]]:
+    credits = '{"account_id": "%s", "amount_micro": 1, ' % admin_account
+    return [
+        ("/v1/accounts", "email", b'{"email": @}'),
+        ("/v1/accounts", "an unknown field", b'{"email": "a@example.com", "x": @}'),
+        ("/v1/keys", "name", b'{"name": @}'),
+        ("/v1/keys", "scopes", b'{"scopes": [@]}'),
+        ("/v1/keys", "rpm", b'{"rpm": @}'),
+        ("/v1/keys", "tpm", b'{"tpm": @}'),
+        ("/v1/keys", "spend_cap_micro", b'{"spend_cap_micro": @}'),
+        ("/v1/keys", "expires_at", b'{"expires_at": @}'),
+        ("/v1/admin/credits", "account_id", b'{"account_id": @, "amount_micro": 1}'),
+        ("/v1/admin/credits", "amount_micro", ('{"account_id": "%s", "amount_micro": @}' % admin_account).encode()),
+        ("/v1/admin/credits", "amount_usd", ('{"account_id": "%s", "amount_usd": @}' % admin_account).encode()),
+        ("/v1/admin/credits", "note", (credits + '"note": @}').encode()),
+    ]
+
+
+@pytest.mark.parametrize("shape", STORED_SHAPES)
+def test_every_shape_in_every_accounts_field_is_a_400(client, shape):
+    for path, field, template in _account_fields(client.admin_account):
+        response = post(client, path, template.replace(b"@", STORED_SHAPES[shape]))
+        if response.status_code == 429:               # sign-up's per-address limit: it did look first
+            continue
+        assert response.status_code == 400, (path, field, response.status_code, response.text[:300])
+        assert_openai_400(response)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/admin/credits", b'{"account_id": "@", "amount_usd": "1e999999999"}'),
+    ("/v1/admin/credits", b'{"account_id": "@", "amount_usd": "NaN"}'),
+    ("/v1/admin/credits", b'{"account_id": "@", "amount_usd": "-Infinity"}'),
+    ("/v1/admin/credits", b'{"account_id": "@", "amount_usd": "0.0000001"}'),
+    ("/v1/keys", b'{"expires_at": "0001-01-01T00:00:00+05:00"}'),
+    ("/v1/keys", b'{"expires_at": "9999-12-31T23:59:59-05:00"}'),
+    ("/v1/keys", b'{"expires_at": "99999-01-01T00:00:00Z"}'),
+])
+def test_numbers_and_dates_in_strings_that_overflow_are_a_400(client, path, body):
+    assert_openai_400(post(client, path, body.replace(b"@", client.admin_account.encode())))
 
 
 def test_the_web_try_it_json_body_refuses_the_same_shapes_with_a_400(client):
