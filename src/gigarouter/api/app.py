@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.service import build_gate
+from gigarouter.api import openapi
 from gigarouter.api.errors import install_error_handlers
 from gigarouter.api.middleware import RequestContextMiddleware
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    openapi.install(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     for module in (embeddings, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
