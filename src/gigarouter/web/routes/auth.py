@@ -117,7 +117,8 @@ async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     target = safe_next(next)
     client = request.client.host if request.client else "unknown"
     limiter = _limiter(request)
-    if not (limiter.allow(f"email:{email}") and limiter.allow(f"client:{client}")):
+    # The address first: a client over its limit must not add entries for every email it makes up.
+    if not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}")):
         errors = ["Too many sign-in attempts. Wait a few minutes and try again."]
         return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=429)
     user = await run_in_threadpool(accounts.store.user_by_email, email)
