@@ -19,7 +19,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from gigarouter.accounts.gate import Gate
-from gigarouter.errors import InvalidRequest, PayloadTooLarge
+from gigarouter.errors import Forbidden, InvalidRequest, PayloadTooLarge
 from gigarouter.metrics import Metrics
 from gigarouter.router.router import Router
 from gigarouter.settings import Settings
@@ -122,6 +122,23 @@ class JsonRoute(APIRoute):
             return await handler(request)
 
         return checked
+
+
+async def private_unless_public(request: Request) -> None:
+    """/metrics, /docs and /openapi.json: anyone, or with ``public_metrics = false`` only a loopback
+    client (the address after trusted proxies) or a caller with an ``admin`` key (401/403 otherwise)."""
+    if request.app.state.settings.public_metrics:
+        return
+    from gigarouter.accounts.gate import OpenGate
+    from gigarouter.api.middleware import is_loopback_ip
+
+    if request.client is not None and is_loopback_ip(request.client.host):
+        return
+    gate = request.app.state.gate
+    if isinstance(gate, OpenGate):     # no keys exist, so no admin key either
+        raise Forbidden("this server keeps its metrics and API schema to loopback (public_metrics = false)",
+                        code="not_public")
+    await gate.authenticate(request.headers.get("authorization"), scope="admin")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
