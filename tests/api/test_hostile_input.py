@@ -197,3 +197,20 @@ def test_the_web_try_it_json_body_refuses_the_same_shapes_with_a_400(client):
                                         "Accept": "application/json"})
         assert response.status_code == 400, (shape, response.status_code, response.text[:200])
         assert response.json()["error"]
+
+
+@pytest.mark.parametrize(("value", "refused"), [
+    ("a%00b%40example.com", True), ("a%40b%00.com", True), ("%FF%FE", True), ("a" * 400, True),
+    ("%ED%A0%80%40example.com", False),       # decoded as U+FFFD: odd, but an email that can be stored
+    ("x%40y.com%0A%0D", False),               # trailing whitespace is trimmed
+])
+def test_web_forms_take_odd_emails_without_a_500(client, value, refused):
+    page = client.get("/signup")
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    for path in ("/signup", "/signin"):
+        body = f"email={value}&password=a+long+enough+password+1&csrf_token={token}"
+        response = client.post(path, content=body.encode(),
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+        assert response.status_code < 500, (path, response.status_code, response.text[:200])
+        if refused:
+            assert response.status_code == 400, (path, response.status_code)

@@ -32,7 +32,7 @@ CSRF_HEADER = "x-csrf-token"
 SESSION_DAYS = 30
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]{2,}$")
 
 _hasher = PasswordHasher()
 # Verifying against this keeps "no such user" as slow as "wrong password".

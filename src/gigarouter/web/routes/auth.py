@@ -125,7 +125,8 @@ async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     if not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}")):
         errors = ["Too many sign-in attempts. Wait a few minutes and try again."]
         return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=429)
-    user = await run_in_threadpool(accounts.store.user_by_email, email)
+    # No lookup for what cannot be an email (Postgres refuses NUL); the dummy hash still takes the time.
+    user = None if security.email_problem(email) else await run_in_threadpool(accounts.store.user_by_email, email)
     try:
         ok = await accounts.argon2(security.verify_password, user.password_hash if user else None, password)
         if ok and user is not None and security.needs_rehash(user.password_hash):
