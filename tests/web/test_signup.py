@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,9 @@ def run(tmp_path: Path, scenario, *, signups_per_client: int = 1000) -> None:
         finally:
             await gate.close()
 
-    asyncio.run(main())
+    # A thread of its own: the browser tests' session fixture keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
 
 
 class CountingHasher:
