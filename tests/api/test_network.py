@@ -94,7 +94,8 @@ def test_a_key_in_a_url_never_reaches_the_access_log(uvicorn_on_all_interfaces):
 
 def test_redaction_rules():
     key = "gr-0123456789-" + "A" * 40
-    assert redact(f'1.2.3.4 - "GET /x?api_key={key}&b=2 HTTP/1.1"') == '1.2.3.4 - "GET /x?api_key=[redacted]&b=2 HTTP/1.1"'
+    line = f'1.2.3.4 - "GET /x?api_key={key}&b=2 HTTP/1.1"'
+    assert redact(line) == '1.2.3.4 - "GET /x?api_key=[redacted]&b=2 HTTP/1.1"'
     assert redact(f"/v1/x/{key}") == "/v1/x/gr-0123456789-[redacted]"
     assert redact("/models?sort=price&license=mit") == "/models?sort=price&license=mit"
 
