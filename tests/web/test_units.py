@@ -225,3 +225,28 @@ def test_users_sessions_and_votes(store) -> None:
     assert web.vote_counts() == {"linq": 1, "e5": 1} and web.votes_of(user.id) == {"linq", "e5"}
     assert web.unvote(user.id, "e5") and not web.unvote(user.id, "e5")
     assert web.vote_counts() == {"linq": 1}
+
+
+def test_spraying_new_keys_cannot_reset_a_count() -> None:
+    window = SlidingWindow(3, 300.0, max_keys=100, slots=64)
+    for t in range(3):
+        assert window.allow("email:victim@example.com", now=float(t))
+    assert not window.allow("email:victim@example.com", now=3.0)
+    for i in range(20_000):                      # an attacker's flood of fresh keys, all active
+        window.allow(f"email:spray{i}@example.com", now=4.0 + i * 0.001)
+    assert len(window) <= 100                    # memory stays bounded...
+    assert not window.allow("email:victim@example.com", now=30.0)   # ...and the victim's count survived
+    # Its bucket also holds the flood's events (at most 3): under a flood the limiter errs towards
+    # refusing. Once the flood's own window has passed, the victim is free again.
+    assert window.allow("email:victim@example.com", now=4.0 + 20.0 + 300.0 + 0.01)
+
+
+def test_eviction_never_counts_an_event_twice() -> None:
+    window = SlidingWindow(3, 60.0, max_keys=1, slots=1)
+    assert window.allow("a", now=0.0) and window.allow("a", now=1.0)
+    for round_ in range(5):                       # "a" goes to the bucket and comes back, again and again
+        window.allow(f"other{round_}", now=2.0 + round_)
+        if round_ == 0:
+            assert window.allow("a", now=2.5)        # its third event: one left in the bucket's merged copy
+    assert not window.allow("a", now=10.0)
+    assert window.allow("fresh", now=61.0)            # the window passed: everyone is free again

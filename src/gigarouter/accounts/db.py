@@ -1,7 +1,7 @@
 """Engines and transactions for the accounts database (SQLite by default, Postgres in production).
 
-SQLite: WAL (readers never block the writer), a 30 s busy timeout, foreign
-keys on, and ``BEGIN IMMEDIATE`` for write transactions. A deferred
+SQLite: a file created 0600 (``private_file``), WAL (readers never block the
+writer), a 30 s busy timeout, foreign keys on, and ``BEGIN IMMEDIATE`` for write transactions. A deferred
 transaction that reads and then writes can fail with SQLITE_BUSY without
 waiting; taking the write lock at BEGIN makes writers queue on the busy
 timeout instead. Postgres: psycopg 3, sessions in UTC, READ COMMITTED (every
@@ -11,6 +11,9 @@ the newest row version, so no stronger isolation is needed).
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 
+log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "gigarouter_write"
 
@@ -55,13 +59,25 @@ def make_engine(url: str | URL, *, pool_size: int = 8) -> Engine:
 
 
 def _sqlite_engine(url: URL, pool_size: int) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        private_file(Path(url.database))
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
                            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (0600), before SQLite creates it with the umask's
+    0644; its -wal and -shm files take the same mode. A new directory for it is 0700. An existing file is
+    left as it is, with a warning if others may read it (it holds balances, emails and password hashes)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s can be read by other users; run: chmod 600 %s*", path, path)
 
 
 def _sqlite_on_connect(dbapi_connection, connection_record) -> None:

@@ -86,6 +86,7 @@ def parse_time(value: str | None, *, param: str) -> datetime | None:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here, where 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00 (no UTC instant) is a 400.
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise InvalidRequest(f"{param} must be an ISO date or datetime, e.g. 2026-01-31", param=param) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

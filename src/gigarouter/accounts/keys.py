@@ -128,7 +128,7 @@ def server_secret(settings: Settings) -> bytes:
 def _secret_file(path: Path) -> bytes:
     if path.exists():
         return _read_secret(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Write a private temporary file, then link it into place: the link either
     # creates the whole file or fails because another process won the race,
     # so nobody ever reads a half-written secret.

@@ -25,15 +25,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal
 
 from sqlalchemy import Connection, false, insert, or_, select, update
 
 from gigarouter.accounts import idempotency
 from gigarouter.accounts.tables import Account, ApiKey, LedgerEntry, Reservation, UsageRecord, utcnow
-from gigarouter.errors import Forbidden, InsufficientCredit, NotFound
+from gigarouter.errors import Forbidden, InsufficientCredit, InvalidRequest, NotFound
 
 MICRO = 1_000_000
+#: The most one amount (a grant, an adjustment, an opening credit) may move: $1,000,000,000.
+MAX_AMOUNT_MICRO = 10**15
+#: The most a balance or a key's spend cap may hold: $1,000,000,000,000, far inside a 64-bit BIGINT
+#: (9.2e18), so no sum of a balance and an amount can overflow. SQLite would not fail on overflow:
+#: it silently turns the integer into a float, and the books would drift from the ledger.
+MAX_BALANCE_MICRO = 10**18
 MAX_PROVIDER_CHARS = 100             # usage_records.provider
 MAX_UPSTREAM_TOKENS = 2**31 - 1      # usage_records.upstream_tokens is a 32-bit INTEGER on every database
 
@@ -68,11 +74,29 @@ def usd_to_micro(amount: str | Decimal | int) -> int:
     """A decimal USD amount ("1.25") -> micro-dollars, refusing anything finer than a micro-dollar."""
     try:
         value = Decimal(str(amount)) * MICRO
-    except InvalidOperation:
-        raise ValueError(f"not an amount in USD: {amount!r}") from None
-    if not value.is_finite() or value != value.to_integral_value():
-        raise ValueError(f"{amount!r} is not a whole number of micro-dollars")
+        if not value.is_finite():
+            raise ValueError
+        too_large = abs(value) > MAX_AMOUNT_MICRO
+        whole = value == value.to_integral_value()
+    except (ArithmeticError, ValueError):   # InvalidOperation, Overflow ("1e999999999"), NaN, Infinity
+        raise ValueError(f"not an amount in USD: {str(amount)[:40]!r}") from None
+    if too_large:   # checked before int(): int(Decimal("1e999999")) would build a million-digit number
+        raise ValueError(f"an amount may be at most ${format_usd(MAX_AMOUNT_MICRO)}")
+    if not whole:
+        raise ValueError(f"{str(amount)[:40]!r} is not a whole number of micro-dollars")
     return int(value)
+
+
+def check_amount(amount_micro: int, *, param: str = "amount_micro") -> int:
+    """A non-zero integer amount within ``MAX_AMOUNT_MICRO`` either way, or ``InvalidRequest``."""
+    if isinstance(amount_micro, bool) or not isinstance(amount_micro, int):
+        raise InvalidRequest(f"{param} must be an integer number of micro-dollars", param=param)
+    if amount_micro == 0:
+        raise InvalidRequest("the amount must not be zero", param=param)
+    if abs(amount_micro) > MAX_AMOUNT_MICRO:
+        raise InvalidRequest(f"an amount may be at most {MAX_AMOUNT_MICRO} micro-dollars "
+                             f"(${format_usd(MAX_AMOUNT_MICRO)}) either way", param=param)
+    return amount_micro
 
 
 def format_usd(micro: int) -> str:
@@ -251,15 +275,24 @@ def _usage(conn: Connection, row, *, cost: int, tokens: int, status: int, latenc
 
 
 def grant(conn: Connection, *, account_id: str, amount_micro: int, note: str | None = None) -> int:
-    """Add credit (or, when negative, take it back without going below zero); the new balance."""
-    if amount_micro == 0:
-        raise ValueError("amount must not be zero")
+    """Add credit (or, when negative, take it back without going below zero); the new balance.
+
+    The amount is an int within ``MAX_AMOUNT_MICRO`` and the balance stays within
+    ``MAX_BALANCE_MICRO`` (both checked in the one conditional UPDATE), else ``InvalidRequest``.
+    """
+    check_amount(amount_micro)
     statement = update(Account).where(Account.id == account_id)
     if amount_micro < 0:
         statement = statement.where(Account.balance_micro >= -amount_micro)
+    else:
+        statement = statement.where(Account.balance_micro <= MAX_BALANCE_MICRO - amount_micro)
     balance = conn.execute(statement.values(balance_micro=Account.balance_micro + amount_micro)
                            .returning(Account.balance_micro)).scalar_one_or_none()
     if balance is None:
+        if amount_micro > 0 and conn.execute(select(Account.id).where(Account.id == account_id)).first():
+            raise InvalidRequest(f"a balance may hold at most {MAX_BALANCE_MICRO} micro-dollars "
+                                 f"(${format_usd(MAX_BALANCE_MICRO)})", param="amount_micro",
+                                 code="balance_limit")
         raise _refusal(conn, account_id, -amount_micro)
     _entry(conn, account_id, "grant" if amount_micro > 0 else "adjustment", amount_micro, note=note)
     return balance

@@ -33,7 +33,8 @@ from gigarouter.accounts import auth, idempotency, keys, ledger, migrations, rec
 from gigarouter.accounts.db import is_sqlite, make_engine, transaction
 from gigarouter.accounts.gate import Charge, Gate, IdempotencySlot, OpenGate, Principal
 from gigarouter.accounts.limits import InProcessLimiter, Limit, Limiter, RedisLimiter
-from gigarouter.accounts.store import AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow
+from gigarouter.accounts.store import (AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow,
+                                      check_email)
 from gigarouter.errors import Conflict, Forbidden, InvalidRequest, NotReady
 from gigarouter.settings import Settings
 
@@ -293,12 +294,22 @@ class DatabaseGate:
                 idempotency.abandon(conn, claim_id=got)
 
     # -- management ----------------------------------------------------------------------------
-    async def sign_up(self, *, email: str | None = None,
-                      client: str | None = None) -> tuple[AccountInfo, CreatedKey]:
+    async def admit_sign_up(self, *, email: str | None, client: str | None) -> str | None:
+        """May this sign-up go ahead? Cheapest checks first: enabled, a valid email, then the per-address
+        limit (which it counts). Returns the normalised email; raises 403, 400 or 429."""
         if not self.signup_enabled:
             raise Forbidden("sign-up is disabled on this server", code="signup_disabled")
+        email = check_email(email)
         if client is not None:  # free credit invites farming: a few sign-ups per address per hour
             await self.limiter.hit(f"signup:{client}", self.options.signup_limit, requests=1, tokens=0)
+        return email
+
+    async def sign_up(self, *, email: str | None = None, client: str | None = None,
+                      admitted: bool = False) -> tuple[AccountInfo, CreatedKey]:
+        """An account with the sign-up credit and its first key. ``admitted``: the caller already passed
+        ``admit_sign_up`` for this sign-up (the web does, before it hashes the password)."""
+        if not admitted:
+            email = await self.admit_sign_up(email=email, client=client)
         account, key = await self._run(self.store.create_account, email=email,
                                        credit_micro=self.signup_credit_micro, key=KeySpec(name="default"))
         assert key is not None

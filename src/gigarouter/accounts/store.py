@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine, case, exc, exists, func, insert, or_, select, update
 
@@ -15,8 +15,16 @@ from gigarouter.accounts.db import transaction
 from gigarouter.accounts.tables import Account, ApiKey, UsageRecord, utcnow
 from gigarouter.errors import Conflict, InvalidRequest, NotFound
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 GROUPS = ("key", "model", "day", "provider")
+#: rpm and tpm are 32-bit INTEGER columns (Postgres refuses more; SQLite would store anything).
+MAX_RATE = 2**31 - 1
+#: How far a listing may skip (SQLite and Postgres take a 64-bit OFFSET; nobody has 2**62 accounts).
+MAX_OFFSET = 2**62
+#: Ids (``acct_…``, ``key_…``) are 40 characters at most; anything longer, or holding NUL (which
+#: Postgres cannot even compare), names nothing.
+MAX_ID_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,11 @@ class AccountStore:
     def create_account(self, *, email: str | None = None, credit_micro: int = 0, note: str = "sign-up credit",
                        key: KeySpec | None = KeySpec()) -> tuple[AccountInfo, CreatedKey | None]:
         """A new account, its opening credit (one ledger grant) and, unless ``key`` is None, its first key."""
-        email = _check_email(email)
-        if credit_micro < 0:
-            raise ValueError("credit must be >= 0")
+        email = check_email(email)
+        if isinstance(credit_micro, bool) or not isinstance(credit_micro, int) or credit_micro < 0:
+            raise ValueError("credit must be an integer >= 0")
+        if credit_micro:
+            ledger.check_amount(credit_micro, param="credit_micro")
         account_id = f"acct_{uuid.uuid4().hex}"
         try:
             with transaction(self.engine) as conn:
@@ -103,6 +113,7 @@ class AccountStore:
         return self.get_account(account_id), created
 
     def get_account(self, account_id: str) -> AccountInfo:
+        _check_id(account_id, "account")
         with transaction(self.engine, write=False) as conn:
             row = conn.execute(select(Account.__table__).where(Account.id == account_id)).one_or_none()
         if row is None:
@@ -110,17 +121,26 @@ class AccountStore:
         return _account_info(row)
 
     def list_accounts(self, *, limit: int = 100, offset: int = 0) -> list[AccountInfo]:
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InvalidRequest(f"offset must be 0 to {MAX_OFFSET}", param="offset")
+        if not 1 <= limit <= MAX_OFFSET:
+            raise InvalidRequest("limit must be >= 1", param="limit")
         with transaction(self.engine, write=False) as conn:
             rows = conn.execute(select(Account.__table__).order_by(Account.created_at, Account.id)
                                 .limit(limit).offset(offset)).all()
         return [_account_info(r) for r in rows]
 
     def grant(self, account_id: str, amount_micro: int, *, note: str | None = None) -> int:
+        _check_id(account_id, "account")
+        ledger.check_amount(amount_micro)
+        if note is not None and (len(note) > 500 or "\x00" in note):
+            raise InvalidRequest("note must be at most 500 characters, without NUL", param="note")
         with transaction(self.engine) as conn:
             return ledger.grant(conn, account_id=account_id, amount_micro=amount_micro, note=note)
 
     # -- keys ----------------------------------------------------------------------------------
     def create_key(self, account_id: str, spec: KeySpec = KeySpec()) -> CreatedKey:
+        _check_id(account_id, "account")
         with transaction(self.engine) as conn:
             if conn.execute(select(Account.id).where(Account.id == account_id)).scalar_one_or_none() is None:
                 raise NotFound(f"account {account_id} does not exist")
@@ -150,6 +170,7 @@ class AccountStore:
 
     def revoke_key(self, key_id: str, *, account_id: str | None = None) -> KeyInfo:
         """Revoke now (idempotent). ``account_id`` restricts it to that account's keys."""
+        _check_id(key_id, "API key")
         where = [ApiKey.id == key_id]
         if account_id is not None:
             where.append(ApiKey.account_id == account_id)
@@ -199,24 +220,35 @@ def _window(start: datetime | None, end: datetime | None) -> Iterable:
         yield UsageRecord.created_at < end
 
 
-def _check_email(email: str | None) -> str | None:
+def check_email(email: str | None) -> str | None:
     if email is None or not email.strip():
         return None
     email = email.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
+    if len(email) > 320 or not _EMAIL.match(email):   # no control characters (Postgres refuses NUL)
         raise InvalidRequest("not a valid email address", param="email")
     return email
 
 
+def _check_id(value: str, what: str) -> None:
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS or "\x00" in value:
+        raise NotFound(f"this {what} does not exist")
+
+
 def _check_limits(spec: KeySpec) -> None:
-    for name in ("spend_cap_micro", "rpm", "tpm"):
+    for name, low, high in (("spend_cap_micro", 0, ledger.MAX_BALANCE_MICRO), ("rpm", 1, MAX_RATE),
+                            ("tpm", 1, MAX_RATE)):
         value = getattr(spec, name)
-        if value is not None and value < (0 if name == "spend_cap_micro" else 1):
-            raise InvalidRequest(f"{name} must be {'>= 0' if name == 'spend_cap_micro' else '>= 1'}", param=name)
-    if spec.expires_at is not None and spec.expires_at.tzinfo is None:
-        raise InvalidRequest("expires_at must carry a time zone", param="expires_at")
-    if spec.name is not None and len(spec.name) > 100:
-        raise InvalidRequest("name is longer than 100 characters", param="name")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise InvalidRequest(f"{name} must be an integer from {low} to {high}", param=name)
+    if spec.expires_at is not None:
+        if spec.expires_at.tzinfo is None:
+            raise InvalidRequest("expires_at must carry a time zone", param="expires_at")
+        try:
+            spec.expires_at.astimezone(UTC)
+        except OverflowError:   # 0001-01-01T00:00+05:00 is before the first representable UTC instant
+            raise InvalidRequest("expires_at is out of range", param="expires_at") from None
+    if spec.name is not None and (len(spec.name) > 100 or _CONTROL.search(spec.name)):
+        raise InvalidRequest("name must be at most 100 characters, without control characters", param="name")
 
 
 def _account_info(row) -> AccountInfo:

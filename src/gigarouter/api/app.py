@@ -10,8 +10,9 @@ from fastapi import FastAPI
 
 from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.service import build_gate
+from gigarouter.api import openapi
 from gigarouter.api.errors import install_error_handlers
-from gigarouter.api.middleware import RequestContextMiddleware
+from gigarouter.api.middleware import ClientAddressMiddleware, RequestContextMiddleware, redact_access_log
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
@@ -46,12 +47,17 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
             await models.stop()        # finishes admitted work before the process exits
             await app.state.gate.close()
 
+    # /openapi.json and /docs are routes of our own (api/routes/health.py), closed with /metrics when
+    # public_metrics = false.
     app = FastAPI(title="gigarouter", version="0.1.0", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    openapi.install(app, settings)
+    app.add_middleware(ClientAddressMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    redact_access_log()
     for module in (embeddings, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
     from gigarouter import web

@@ -1,4 +1,5 @@
-"""Outermost ASGI middleware: request id, body-size cap, last-resort 500, request metrics.
+"""ASGI middleware: request id, body-size cap, last-resort 500, request metrics (outermost); the client's
+address from trusted proxies only, and open mode kept to loopback; secrets kept out of the access log.
 
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task hop per request and can
 see every response, including the ones produced for unexpected exceptions.
@@ -6,6 +7,7 @@ see every response, including the ones produced for unexpected exceptions.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -14,6 +16,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gigarouter.metrics import Metrics
+from gigarouter.settings import Settings
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -68,3 +71,131 @@ class RequestContextMiddleware:
         path = getattr(route, "path", None) or "unmatched"
         model = scope.get("state", {}).get("model", "")
         self.metrics.requests.labels(path, str(status), model).inc()
+
+
+def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback_ip(value: str | None) -> bool:
+    address = _ip(value)
+    return address is not None and address.is_loopback
+
+
+class ClientAddressMiddleware:
+    """Who the client is, from the socket and only trusted proxies; and open mode kept to loopback.
+
+    - ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed only when the peer is one of
+      ``trusted_proxies``: the client is then the right-most address in the chain that is not a
+      trusted proxy, and the scheme the last proxy's. From anyone else they are ignored (uvicorn's
+      own ``--proxy-headers`` trusts 127.0.0.1 by default: ``gigarouter serve`` turns it off).
+    - An open server (no API keys) answers only requests that arrived on a loopback socket from a
+      loopback client, whatever ``host`` the settings name: run directly by uvicorn on 0.0.0.0 it
+      refuses everything from outside (403 ``open_mode_loopback_only``) unless
+      ``allow_open_non_loopback`` is set. A local address or client that is not an IP address
+      (a Unix socket, a test client) is not refused.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.trusted = settings.trusted_networks()
+        self.allow_open = settings.allow_open_non_loopback
+        self._warned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.trusted:
+            self._forwarded(scope)
+        if not self.allow_open and self._outside(scope) and self._is_open(scope):
+            if not self._warned:
+                self._warned = True
+                log.warning("open mode (no API keys): refusing requests that do not come over loopback; "
+                            "create a key, or set allow_open_non_loopback = true if this is meant")
+            body = json.dumps({"error": {
+                "message": "this server runs without API keys, so it only answers on loopback "
+                           "(127.0.0.1 or ::1); ask its operator for an API key",
+                "type": "permission_error", "param": None, "code": "open_mode_loopback_only"}}).encode()
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _trusted(self, host: str | None) -> bool:
+        address = _ip(host)
+        return address is not None and any(address in network for network in self.trusted)
+
+    def _forwarded(self, scope: Scope) -> None:
+        client = scope.get("client")
+        if not client or not self._trusted(client[0]):
+            return
+        hops: list[str] = []
+        protos: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                hops += [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
+            elif name == b"x-forwarded-proto":
+                protos += [p.strip().lower() for p in value.decode("latin-1").split(",") if p.strip()]
+        real = None
+        for hop in reversed(hops):      # the right-most hop that is not one of our proxies
+            real = hop
+            if not self._trusted(hop):
+                break
+        if real is not None:
+            address = _ip(real)
+            scope["client"] = (str(address) if address is not None else real[:64], 0)
+        if protos and protos[-1] in ("http", "https"):
+            scope["scheme"] = protos[-1]
+
+    @staticmethod
+    def _outside(scope: Scope) -> bool:
+        """The request came over a non-loopback socket or from a non-loopback client (IPs only)."""
+        for end in (scope.get("server"), scope.get("client")):
+            host = end[0] if end else None
+            if isinstance(host, str) and _ip(host) is not None and not is_loopback_ip(host):
+                return True
+        return False
+
+    @staticmethod
+    def _is_open(scope: Scope) -> bool:
+        from gigarouter.accounts.gate import OpenGate
+
+        app = scope.get("app")
+        return isinstance(getattr(getattr(app, "state", None), "gate", None), OpenGate)
+
+
+#: An API key anywhere in a logged line, and the value of a credential-like query parameter.
+_KEY = re.compile(r"gr-([a-z0-9]{10})-[A-Za-z0-9]{40}")
+_SECRET_PARAM = re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|authorization|password|secret)=)"
+                           r"[^&#\s]*")
+
+
+def redact(text: str) -> str:
+    """A log line without secrets: keys keep only their public prefix, credential parameters lose their value."""
+    return _SECRET_PARAM.sub(r"\1[redacted]", _KEY.sub(r"gr-\1-[redacted]", text))
+
+
+class RedactSecrets(logging.Filter):
+    """On uvicorn's access log: a key sent in a URL (``?api_key=gr-...``) never reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install ``RedactSecrets`` on uvicorn's access logger (once), however uvicorn was started."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())

@@ -10,13 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gigarouter.errors import InvalidRequest
+from gigarouter.errors import InvalidRequest, shown
+from gigarouter.router.preferences import parse_preferences
 
 ENCODING_FORMATS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
 TRUNCATE_MODES = ("end", "start", "none")
 KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user",
                 "input_type", "instruction", "truncate", "normalize", "provider", "cache"}
+#: Token ids and ``dimensions`` are 32-bit: no vocabulary or width comes near, and numpy, torch and
+#: every upstream take them as int32/int64 without overflow.
+MAX_INT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,16 @@ def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
         raise InvalidRequest("the request body must be a JSON object", param=None)
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
-        raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+        name = shown(unknown[0])
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name)
     if "model" not in body:
         raise InvalidRequest("you must provide a model parameter", param="model")
     if "input" not in body:
         raise InvalidRequest("you must provide an input parameter", param="input")
     texts, token_ids = _parse_input(body["input"], max_inputs=max_inputs)
+    # Checked here, before anything hashes or stores the body; the router parses it again with
+    # the model name's :floor/:nitro suffix.
+    parse_preferences(body.get("provider"))
     return EmbeddingRequest(
         model=_string(body, "model", required=True),
         texts=texts,
@@ -107,8 +115,8 @@ def _is_token(value: Any) -> bool:
 
 def _check_tokens(values: list[Any], param: str) -> None:
     for j, token in enumerate(values):
-        if not _is_token(token) or token < 0:
-            raise InvalidRequest(f"{param}[{j}] must be a non-negative integer token id", param=param)
+        if not _is_token(token) or not 0 <= token <= MAX_INT:
+            raise InvalidRequest(f"{param}[{j}] must be an integer token id from 0 to {MAX_INT}", param=param)
 
 
 def _nonempty_text(text: str, param: str) -> None:
@@ -130,7 +138,8 @@ def _choice(body: dict, key: str, choices: tuple[str, ...], default: str) -> str
     if value is None:
         return default
     if value not in choices:
-        raise InvalidRequest(f"{key} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}",
+        got = repr(shown(value)) if isinstance(value, str) else shown(value)
+        raise InvalidRequest(f"{key} must be one of {', '.join(repr(c) for c in choices)}; got {got}",
                              param=key)
     return value
 
@@ -147,6 +156,6 @@ def _bool(body: dict, key: str, default: bool) -> bool:
 def _dimensions(value: Any) -> int | None:
     if value is None:
         return None
-    if not _is_token(value) or value < 1:
+    if not _is_token(value) or not 1 <= value <= MAX_INT:
         raise InvalidRequest("dimensions must be a positive integer", param="dimensions")
     return value

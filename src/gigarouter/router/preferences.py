@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gigarouter.errors import InvalidRequest
+from gigarouter.errors import InvalidRequest, shown
 
 SORTS = ("price", "latency", "throughput")
 SUFFIX_SORTS = {"floor": "price", "nitro": "throughput"}
@@ -60,11 +60,13 @@ def parse_preferences(value: Any, *, suffix_sort: str | None = None) -> Preferen
     known = {"order", "only", "ignore", "allow_fallbacks", "sort", "max_price", *_ACCEPTED_IGNORED}
     for key in value:
         if key not in known:
-            raise InvalidRequest(f"provider.{key} is not a provider preference; known: {', '.join(sorted(known))}",
-                                 param=f"provider.{key}")
+            raise InvalidRequest(f"provider.{shown(key)} is not a provider preference; known: "
+                                 f"{', '.join(sorted(known))}", param=f"provider.{shown(key)}")
     for key, kind in _ACCEPTED_IGNORED.items():
         if value.get(key) is not None and not isinstance(value[key], kind):
             raise InvalidRequest(f"provider.{key} must be a {kind.__name__}", param=f"provider.{key}")
+    if value.get("quantizations") is not None and not all(isinstance(q, str) for q in value["quantizations"]):
+        raise InvalidRequest("provider.quantizations must be an array of strings", param="provider.quantizations")
     only = _names(value, "only")
     return Preferences(
         order=tuple(_names(value, "order") or ()),
@@ -110,6 +112,7 @@ def _max_price(value: Any) -> float | None:
                              "tokens)", param="provider.max_price")
     for key, price in value.items():
         if not isinstance(price, int | float) or isinstance(price, bool) or not 0 <= price < float("inf"):
-            raise InvalidRequest(f"provider.max_price.{key} must be a number >= 0", param=f"provider.max_price.{key}")
+            raise InvalidRequest(f"provider.max_price.{shown(key)} must be a number >= 0",
+                                 param=f"provider.max_price.{shown(key)}")
     prompt = value.get("prompt")
     return float(prompt) if prompt is not None else None

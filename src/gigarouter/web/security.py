@@ -1,7 +1,9 @@
 """Passwords, session tokens and CSRF tokens for the web pages.
 
-- Passwords: argon2id (argon2-cffi defaults), rehashed on sign-in when the
-  parameters change.
+- Passwords: argon2id (argon2-cffi defaults: 64 MiB and ~50 ms of CPU per hash,
+  so the routes run at most ``HASH_SLOTS`` at once), rehashed on sign-in when the
+  parameters change. At least 10 characters, not only whitespace, not one of the
+  most common passwords (``common-passwords.txt``), not the email.
 - Sessions: a random 256-bit token in the ``gr_session`` cookie (HttpOnly,
   SameSite=Lax, Secure on https, Path=/); the database keeps only its SHA-256,
   so a leaked table cannot be replayed. A new token on every sign-in.
@@ -13,10 +15,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
+from importlib import resources
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -28,7 +32,7 @@ CSRF_HEADER = "x-csrf-token"
 SESSION_DAYS = 30
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]{2,}$")
 
 _hasher = PasswordHasher()
 # Verifying against this keeps "no such user" as slow as "wrong password".
@@ -60,12 +64,26 @@ def email_problem(email: str) -> str | None:
     return None
 
 
-def password_problem(password: str) -> str | None:
+def password_problem(password: str, email: str | None = None) -> str | None:
+    """Why a new password is refused, or None. Checked before any hashing (it costs nothing)."""
+    if not password.strip():
+        return "Use a password that is more than spaces."
     if len(password) < MIN_PASSWORD:
         return f"Use a password of at least {MIN_PASSWORD} characters."
     if len(password) > MAX_PASSWORD:
         return f"Use a password of at most {MAX_PASSWORD} characters."
+    if password.strip().lower() in common_passwords():
+        return "That password is one of the most common ones, the first an attacker tries. Choose another."
+    if email and password.strip().lower() == email.strip().lower():
+        return "Use a password other than your email address."
     return None
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The bundled list (``common-passwords.txt``: the most common passwords of 10+ characters, lower-cased)."""
+    text = resources.files("gigarouter.web").joinpath("common-passwords.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def new_token() -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from gigarouter.api.deps import parse_json, read_body
 from gigarouter.catalog.cards import ModelCard
 from gigarouter.errors import GigarouterError
 from gigarouter.pooling.encoding import finish
@@ -56,9 +57,9 @@ async def read_fields(request: Request) -> dict[str, str]:
     raw: Any
     if "application/json" in request.headers.get("content-type", ""):
         try:
-            raw = await request.json()
-        except ValueError:
-            raise WebError(400, "Bad request", "The body is not valid JSON.") from None
+            raw = parse_json(await read_body(request))
+        except GigarouterError as exc:   # invalid JSON (NaN, lone surrogates, nesting...) or over the size cap
+            raise WebError(exc.status, "Bad request", exc.message) from None
         if not isinstance(raw, dict):
             raise WebError(400, "Bad request", "The body must be a JSON object.")
     else:

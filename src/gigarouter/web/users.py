@@ -12,15 +12,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import (Column, Engine, ForeignKey, Index, MetaData, String, Table, delete, func, insert, select,
-                        update)
+from sqlalchemy import (Column, Engine, ForeignKey, Index, MetaData, String, Table, and_, delete, exists, func,
+                        insert, select, update)
 from sqlalchemy.exc import IntegrityError
 
 from gigarouter.accounts.db import transaction
-from gigarouter.accounts.tables import NAMING, UtcDateTime, utcnow
+from gigarouter.accounts.tables import NAMING, Account, UtcDateTime, utcnow
 from gigarouter.web.security import SESSION_DAYS, token_hash
 
 metadata = MetaData(naming_convention=NAMING)
+accounts = Account.__table__
 
 web_users = Table(
     "web_users", metadata,
@@ -79,6 +80,16 @@ class WebStore:
         except IntegrityError:
             raise EmailTaken(email) from None
         return WebUser(id=user_id, email=email, account_id=account_id)
+
+    def release_email(self, email: str) -> list[str]:
+        """Clear ``email`` from accounts that no web user owns (made by ``POST /v1/accounts``); their ids."""
+        unowned = and_(accounts.c.email == email,
+                       ~exists().where(web_users.c.account_id == accounts.c.id))
+        with transaction(self.engine) as conn:
+            ids = list(conn.execute(select(accounts.c.id).where(unowned)).scalars())
+            if ids:
+                conn.execute(update(accounts).where(accounts.c.id.in_(ids)).values(email=None))
+        return ids
 
     def email_taken(self, email: str) -> bool:
         with transaction(self.engine, write=False) as conn:

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from gigarouter.accounts.http import AccountsGate, account_json, key_json
+from gigarouter.api.deps import JsonRoute
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class SignUp(BaseModel):

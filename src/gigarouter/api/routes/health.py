@@ -1,12 +1,17 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, Prometheus metrics, and the API schema (/openapi.json, /docs).
+
+/metrics, /openapi.json and /docs are public unless ``public_metrics = false``
+(then a loopback client or an admin key; ``deps.private_unless_public``).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gigarouter.api.deps import MetricsDep, RouterDep
+from gigarouter.api.deps import MetricsDep, RouterDep, private_unless_public
 from gigarouter.api.errors import error_response
 
 router = APIRouter()
@@ -59,6 +64,16 @@ def _device_trouble(engine) -> str | None:
     return None if engine.health() else ""
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(private_unless_public)])
 async def metrics(m: MetricsDep) -> Response:
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(private_unless_public)])
+async def openapi_schema(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@router.get("/docs", include_in_schema=False, dependencies=[Depends(private_unless_public)])
+async def docs() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="gigarouter API")

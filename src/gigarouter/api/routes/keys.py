@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Annotated
+
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from gigarouter.accounts.http import AccountsGate, KeyManager, key_json
-from gigarouter.accounts.store import KeySpec
+from gigarouter.api.deps import JsonRoute
+from gigarouter.accounts.keys import DEFAULT_SCOPES, SCOPES
+from gigarouter.accounts.ledger import MAX_BALANCE_MICRO
+from gigarouter.accounts.store import MAX_RATE, KeySpec
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, max_length=100)
-    scopes: list[str] | None = None          # default: embed, usage:read, keys:manage
+    name: str | None = Field(default=None, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
+    scopes: list[Annotated[str, Field(max_length=20)]] | None = Field(
+        default=None, max_length=len(SCOPES), description=f"any of {', '.join(SCOPES)}; default: "
+                                                          f"{', '.join(sorted(DEFAULT_SCOPES))}")
     expires_at: AwareDatetime | None = None
-    spend_cap_micro: int | None = Field(default=None, ge=0)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    spend_cap_micro: int | None = Field(default=None, ge=0, le=MAX_BALANCE_MICRO)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RATE)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_RATE)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        try:   # 0001-01-01T00:00+05:00 has no UTC instant: a 400, not an OverflowError in the database layer
+            return value.astimezone(UTC) if value is not None else None
+        except OverflowError:
+            raise ValueError("out of range") from None
 
 
 @router.get("/v1/keys")

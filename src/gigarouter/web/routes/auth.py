@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.errors import Conflict, Forbidden, GigarouterError, RateLimited
+from gigarouter.errors import Conflict, Forbidden, GigarouterError, Overloaded, RateLimited
 from gigarouter.web import security
 from gigarouter.web.catalog import example_model
 from gigarouter.web.context import WebContext, WebDep, check_csrf
@@ -69,7 +69,7 @@ async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     await check_csrf(request, web)
     accounts = accounts_on(web)
     email = security.normalize_email(email)
-    errors = [e for e in (security.email_problem(email), security.password_problem(password)) if e]
+    errors = [e for e in (security.email_problem(email), security.password_problem(password, email)) if e]
     credit = request.app.state.settings.signup_credit_micro
     if not errors:
         try:
@@ -79,6 +79,10 @@ async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_l
             errors.append("An account with this email exists already. Sign in instead.")
         except RateLimited:
             errors.append("Too many sign-ups from your network just now. Try again in an hour.")
+        except Overloaded as exc:
+            return render(request, "signup.html", {"email": email, "errors": [exc.message[:1].upper() +
+                                                                             exc.message[1:] + "."],
+                                                   "credit": credit}, status_code=503)
         except Forbidden as exc:
             errors.append(exc.message[:1].upper() + exc.message[1:] + ".")
         except GigarouterError as exc:
@@ -117,17 +121,23 @@ async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     target = safe_next(next)
     client = request.client.host if request.client else "unknown"
     limiter = _limiter(request)
-    if not (limiter.allow(f"email:{email}") and limiter.allow(f"client:{client}")):
+    # The address first: a client over its limit must not add entries for every email it makes up.
+    if not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}")):
         errors = ["Too many sign-in attempts. Wait a few minutes and try again."]
         return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=429)
-    user = await run_in_threadpool(accounts.store.user_by_email, email)
-    ok = await run_in_threadpool(security.verify_password, user.password_hash if user else None, password)
+    # No lookup for what cannot be an email (Postgres refuses NUL); the dummy hash still takes the time.
+    user = None if security.email_problem(email) else await run_in_threadpool(accounts.store.user_by_email, email)
+    try:
+        ok = await accounts.argon2(security.verify_password, user.password_hash if user else None, password)
+        if ok and user is not None and security.needs_rehash(user.password_hash):
+            await run_in_threadpool(accounts.store.set_password_hash, user.id,
+                                    await accounts.argon2(security.hash_password, password))
+    except Overloaded as exc:
+        errors = [exc.message[:1].upper() + exc.message[1:] + "."]
+        return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=503)
     if not ok or user is None:
         errors = ["That email and password do not match an account."]
         return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=400)
-    if security.needs_rehash(user.password_hash):
-        await run_in_threadpool(accounts.store.set_password_hash, user.id,
-                                await run_in_threadpool(security.hash_password, password))
     await sign_in_as(web, user)
     return redirect(web, target)
 

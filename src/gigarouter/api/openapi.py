@@ -1,0 +1,193 @@
+"""``/openapi.json`` as the service really behaves: its request bodies, its statuses, its error shape.
+
+FastAPI's own schema knows only what handlers declare: ``/v1/embeddings`` reads
+its body by hand (precise per-element errors), so it had no request body at
+all, and every operation claimed a 422 that the service never sends (a
+validation error is a 400 in OpenAI's shape). This module rewrites the schema
+once, at first request:
+
+- the embeddings body, field by field, ``provider`` included (``EMBEDDINGS_REQUEST``);
+- for every operation, the statuses it can answer (``STATUSES``), each with the
+  OpenAI error body; no 422;
+- ``/metrics`` as ``text/plain``.
+
+``tests/api/test_openapi.py`` checks that every operation is in ``STATUSES``
+and runs schemathesis against the live app: no server errors, no status code
+outside the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from gigarouter.api.schemas import ENCODING_FORMATS, INPUT_TYPES, MAX_INT, TRUNCATE_MODES
+from gigarouter.router.preferences import SORTS
+from gigarouter.settings import Settings
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
+    }},
+}
+
+WHY = {
+    400: "Invalid request: malformed or non-strict JSON, a wrong type or value (`param` names the field).",
+    401: "Missing, malformed, unknown, revoked or expired API key.",
+    402: "Not enough credit (`insufficient_quota`) or the key's spend cap is reached.",
+    403: "The key lacks the scope, the account is disabled, or sign-up is off.",
+    404: "Unknown model, key, account or route; or accounts are off on this server (`accounts_disabled`).",
+    409: "An account with this email exists, or a request with this Idempotency-Key is still running.",
+    413: "The body is larger than `max_body_bytes`.",
+    429: "A rate limit (the key's, sign-up's per address) or a full model queue; see `Retry-After`.",
+    503: "No provider can serve the model now, the model is loading, or the server is shutting down; "
+         "see `Retry-After`.",
+}
+
+#: Every operation in the schema and the error statuses it can answer (besides its success status).
+STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/v1/embeddings"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
+    ("get", "/v1/models"): (),
+    ("get", "/v1/models/{model_id}"): (404,),
+    ("get", "/health"): (),
+    ("get", "/ready"): (503,),
+    ("get", "/metrics"): (401, 403),
+    ("post", "/v1/accounts"): (400, 403, 404, 409, 413, 429),
+    ("get", "/v1/keys"): (401, 403, 404, 429),
+    ("post", "/v1/keys"): (400, 401, 403, 404, 413, 429),
+    ("delete", "/v1/keys/{key_id}"): (401, 403, 404, 429),
+    ("get", "/v1/usage"): (400, 401, 403, 404, 429),
+    ("post", "/v1/admin/credits"): (400, 401, 402, 403, 404, 413, 429),
+    ("get", "/v1/admin/accounts"): (400, 401, 403, 404, 429),
+}
+#: Operations that need an API key when accounts are on (the others are public).
+KEYED = {("post", "/v1/embeddings"), ("get", "/v1/keys"), ("post", "/v1/keys"), ("delete", "/v1/keys/{key_id}"),
+         ("get", "/v1/usage"), ("post", "/v1/admin/credits"), ("get", "/v1/admin/accounts")}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """null means "the default", as in OpenAI's API."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def embeddings_request(max_inputs: int) -> dict[str, Any]:
+    token = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
+    names = {"type": "array", "items": {"type": "string", "minLength": 1}}
+    provider = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "OpenRouter's provider preferences: which of the model's providers may serve it, "
+                       "in what order (docs/routing.md).",
+        "properties": {
+            "order": _nullable({**names, "description": "provider names to try first, in this order"}),
+            "only": _nullable({**names, "description": "allow only these providers"}),
+            "ignore": _nullable({**names, "description": "never these providers"}),
+            "allow_fallbacks": _nullable({"type": "boolean", "default": True}),
+            "sort": _nullable({"enum": list(SORTS)}),
+            "max_price": _nullable({"type": "object", "additionalProperties": {"type": "number", "minimum": 0},
+                                    "description": '{"prompt": USD per million tokens}'}),
+            "require_parameters": _nullable({"type": "boolean"}),
+            "zdr": _nullable({"type": "boolean"}),
+            "data_collection": _nullable({"type": "string"}),
+            "quantizations": _nullable({"type": "array", "items": {"type": "string"}}),
+        },
+    }
+    many = {"minItems": 1, "maxItems": max_inputs}
+    return {
+        "type": "object",
+        "title": "EmbeddingsRequest",
+        "additionalProperties": False,
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1,
+                      "description": "a served model's name or alias; may end in :floor or :nitro"},
+            "input": {"anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", **many, "items": {"type": "string", "minLength": 1}},
+                {"type": "array", **many, "items": token},
+                {"type": "array", **many, "items": {"type": "array", "minItems": 1, "items": token}},
+            ], "description": "text, texts, token ids (without special tokens), or lists of token ids"},
+            "encoding_format": _nullable({"enum": list(ENCODING_FORMATS), "default": "float"}),
+            "dimensions": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_INT}),
+            "user": _nullable({"type": "string"}),
+            "input_type": _nullable({"enum": list(INPUT_TYPES), "default": "document"}),
+            "instruction": _nullable({"type": "string"}),
+            "truncate": _nullable({"enum": list(TRUNCATE_MODES), "default": "end"}),
+            "normalize": _nullable({"type": "boolean", "default": True}),
+            "provider": _nullable(provider),
+        },
+    }
+
+
+EMBEDDINGS_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "title": "EmbeddingsResponse",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": {
+            "type": "object", "required": ["object", "index", "embedding"],
+            "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
+                           "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                                   {"type": "string", "description": "base64 float32"}]}}}},
+        "model": {"type": "string"},
+        "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                  "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}},
+    },
+}
+
+
+def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """FastAPI's schema -> the real one (see the module docstring)."""
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = ERROR_SCHEMA
+    schemas["EmbeddingsRequest"] = embeddings_request(settings.max_inputs)
+    schemas["EmbeddingsResponse"] = EMBEDDINGS_RESPONSE
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                "description": "an API key, gr-<prefix>-<secret>"}}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    seen = set()
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            statuses = STATUSES.get((method, path))
+            if statuses is None:
+                raise RuntimeError(f"{method.upper()} {path} is not in api.openapi.STATUSES: list its statuses")
+            seen.add((method, path))
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in statuses:
+                responses[str(status)] = {"description": WHY[status], "content": error}
+            if (method, path) in KEYED:
+                operation["security"] = [{"bearer": []}]
+    missing = set(STATUSES) - seen
+    if missing:
+        raise RuntimeError(f"api.openapi.STATUSES lists operations the app does not have: {sorted(missing)}")
+
+    embeddings = schema["paths"]["/v1/embeddings"]["post"]
+    embeddings["requestBody"] = {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}}}
+    embeddings["responses"]["200"] = {"description": "One vector per input, in order.", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsResponse"}}}}
+    return schema
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Serve the rewritten schema at /openapi.json (built once, on first use)."""
+    default = app.openapi
+    built: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not built:
+            built.update(rewrite(default(), settings))
+        return built
+
+    app.openapi = openapi
