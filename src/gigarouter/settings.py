@@ -17,6 +17,9 @@ from typing import Any
 import platformdirs
 
 RECIPES = ("sbert", "llm2vec", "e5")
+#: llm2vec's input templates: "inst" wraps inputs as "[INST] ... [/INST]" (Mistral-7B-Instruct-v0.2,
+#: Llama-2-chat bases), "none" leaves them bare (docs/models.md, "the template").
+TEMPLATES = ("inst", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
@@ -47,6 +50,7 @@ class ModelConfig:
     token_budget: int | None = None   # tokens per forward pass; default chosen by device
     price_per_million_usd: float | None = None  # what this deployment charges; default: the card's price
     provider: str = "local"           # the provider name this deployment has in the model's route
+    template: str | None = None       # llm2vec only: "inst" | "none"; default: decided by the model's identity
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -61,6 +65,11 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: weights is required")
         if self.price_per_million_usd is not None and self.price_per_million_usd < 0:
             raise ConfigError(f"model {self.name!r}: price_per_million_usd must be >= 0")
+        if self.template is not None:
+            if self.template not in TEMPLATES:
+                raise ConfigError(f"model {self.name!r}: template must be one of {', '.join(TEMPLATES)}")
+            if self.recipe != "llm2vec":
+                raise ConfigError(f"model {self.name!r}: template applies to the llm2vec recipe only")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":

@@ -90,11 +90,12 @@ def check_token_ids(sequences: Sequence[Sequence[int]], vocab_size: int) -> None
 
 
 def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instructions,
-                 max_tokens: int | None = None, base_name: str | None = None) -> Recipe:
+                 max_tokens: int | None = None, base_name: str | None = None, template=None) -> Recipe:
     """The recipe named in a model's config, set up from its checkpoint (tokenizer) directory.
 
-    ``base_name`` is the base model's name as the reference code sees it
-    (``ResolvedCheckpoint.base_name``); llm2vec's [INST] template depends on it.
+    llm2vec's [INST] template is ``template`` (``llm2vec.Template``, decided from the model's
+    identity by ``llm2vec.choose_template``); without one, ``base_name`` (the base model's
+    name, ``ResolvedCheckpoint.base_name``) decides it as the reference code does.
     """
     if name == "sbert":
         from gigarouter.recipes.sbert import SbertRecipe
@@ -102,7 +103,7 @@ def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instruct
     if name == "llm2vec":
         from gigarouter.recipes.llm2vec import Llm2VecRecipe
         return Llm2VecRecipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens,
-                                             base_name=base_name)
+                                             base_name=base_name, template=template)
     if name == "e5":
         from gigarouter.recipes.e5 import E5Recipe
         return E5Recipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens)

@@ -55,9 +55,16 @@ def route_entry(route: Route) -> dict:
         "dimensions": route.dim,
         "max_tokens": route.max_tokens,
         "fingerprint": route.fingerprint,
+        **_template(route),
         "providers": [provider_entry(b) for b in route.bindings],
     })
     return base
+
+
+def _template(route: Route) -> dict:
+    """llm2vec's input template (inst | none) and what decided it; null for other recipes and before loading."""
+    recipe = route.local.recipe if route.local is not None else None
+    return {"template": getattr(recipe, "template", None), "template_source": getattr(recipe, "template_source", None)}
 
 
 def provider_entry(binding: Binding) -> dict:
