@@ -191,7 +191,16 @@ class Settings:
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
 
+    # Browsers: origins whose pages may call the API (/v1/...) directly, e.g.
+    # ("https://app.example.com",) or ("*",); empty = no CORS headers, no preflight.
+    cors_origins: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
+        if isinstance(self.cors_origins, str) or not all(
+                isinstance(o, str) and (o == "*" or (o.startswith(("http://", "https://")) and not o.endswith("/")))
+                for o in self.cors_origins):
+            raise ConfigError('cors_origins must be a list of origins like "https://app.example.com" '
+                              '(scheme and host, no trailing slash) or ["*"]')
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
             raise ConfigError("cpu_parallel_batches must be a whole number >= 1")
@@ -257,6 +266,8 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     for key, value in {**server, **raw}.items():
         if key in ("data_dir", "cache_dir") and value is not None:
             value = Path(value).expanduser()
+        if key == "cors_origins" and isinstance(value, list):
+            value = tuple(value)
         values[key] = value
     return values
 

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.service import build_gate
 from gigarouter.api.errors import install_error_handlers
-from gigarouter.api.middleware import RequestContextMiddleware
+from gigarouter.api.middleware import ApiCorsMiddleware, RequestContextMiddleware
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:   # outermost, so a 413 or a 500 reaches the page with its CORS headers too
+        app.add_middleware(ApiCorsMiddleware, origins=settings.cors_origins)
     for module in (embeddings, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
     from gigarouter import web

@@ -1,4 +1,4 @@
-"""Outermost ASGI middleware: request id, body-size cap, last-resort 500, request metrics.
+"""Outermost ASGI middleware: request id, body-size cap, last-resort 500, request metrics; CORS for the API.
 
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task hop per request and can
 see every response, including the ones produced for unexpected exceptions.
@@ -11,6 +11,7 @@ import logging
 import re
 import uuid
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gigarouter.metrics import Metrics
@@ -68,3 +69,34 @@ class RequestContextMiddleware:
         path = getattr(route, "path", None) or "unmatched"
         model = scope.get("state", {}).get("model", "")
         self.metrics.requests.labels(path, str(status), model).inc()
+
+
+#: What a browser page may read from an API response (besides the CORS-safelisted headers).
+EXPOSED_HEADERS = ("x-request-id", "x-gigarouter-provider", "x-gigarouter-fingerprint", "x-gigarouter-replica",
+                   "x-tokenize-time", "x-queue-time", "x-inference-time", "x-upstream-time", "retry-after",
+                   "idempotent-replayed", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                   "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                   "x-ratelimit-reset-tokens")
+
+
+class ApiCorsMiddleware:
+    """CORS (``settings.cors_origins``) for the API only: paths under /v1/.
+
+    The web pages stay same-origin. Keys travel in the Authorization header, not in
+    cookies, so credentials are not allowed; any request header may be sent (the openai
+    clients add their own x-stainless-* headers), and the gigarouter and rate-limit
+    headers are exposed to the page.
+    """
+
+    def __init__(self, app: ASGIApp, *, origins: tuple[str, ...], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+        self.cors = CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST", "DELETE"],
+                                   allow_headers=["*"], allow_credentials=False, expose_headers=list(EXPOSED_HEADERS),
+                                   max_age=600)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
