@@ -68,3 +68,14 @@ def test_unknown_route_and_method_are_openai_shaped(real_client):
     assert r.status_code == 404 and "error" in r.json()
     r = real_client.get("/v1/embeddings")
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_metrics_have_end_to_end_latency_per_route_and_model_and_process_metrics(real_client):
+    real_client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "latency"})
+    real_client.get("/v1/models")
+    text = real_client.get("/metrics").text
+    assert 'gigarouter_request_seconds_count{model="all-minilm-l6-v2",route="/v1/embeddings"}' in text
+    assert 'gigarouter_request_seconds_bucket{le="600.0",model="all-minilm-l6-v2",route="/v1/embeddings"}' in text
+    assert 'gigarouter_request_seconds_count{model="",route="/v1/models"}' in text
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "python_info"):
+        assert name in text, name

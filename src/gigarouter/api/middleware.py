@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 
 from starlette.middleware.cors import CORSMiddleware
@@ -30,6 +31,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
@@ -55,7 +57,7 @@ class RequestContextMiddleware:
                 if not status_holder["started"]:
                     await self._error(send_with_id, 500, "internal_error",
                                       f"internal server error (request id {request_id})", type="server_error")
-        self._count(scope, status_holder["status"])
+        self._count(scope, status_holder["status"], time.perf_counter() - started)
 
     async def _error(self, send: Send, status: int, code: str, message: str,
                      type: str = "invalid_request_error") -> None:
@@ -64,11 +66,12 @@ class RequestContextMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _count(self, scope: Scope, status: int) -> None:
+    def _count(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         model = scope.get("state", {}).get("model", "")
         self.metrics.requests.labels(path, str(status), model).inc()
+        self.metrics.request_seconds.labels(path, model).observe(seconds)
 
 
 #: What a browser page may read from an API response (besides the CORS-safelisted headers).
