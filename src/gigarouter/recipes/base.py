@@ -81,12 +81,21 @@ def fit(ids: list[int], room: int, truncate: Truncate, *, index: int) -> list[in
     return ids[:room] if truncate == "end" else ids[len(ids) - room:]
 
 
+#: Why a client sends ids outside our vocabulary, nearly always: OpenAI's tiktoken ids (cl100k_base
+#: has 100k tokens, o200k_base 200k; our models 30-32k), which LangChain's OpenAIEmbeddings sends
+#: by default. Ids that happen to fall inside the vocabulary cannot be told apart: they give wrong
+#: vectors, which is why docs/clients.md says to turn it off in any case.
+TIKTOKEN_HINT = ("token-id inputs must be this model's own token ids, and these look like OpenAI tiktoken ids: "
+                 "LangChain's OpenAIEmbeddings sends those unless you set check_embedding_ctx_length=False "
+                 "(then it sends text; see docs/clients.md)")
+
+
 def check_token_ids(sequences: Sequence[Sequence[int]], vocab_size: int) -> None:
     for i, seq in enumerate(sequences):
         for t in seq:
             if not 0 <= t < vocab_size:
-                raise InvalidRequest(f"input[{i}] holds token id {t}, outside the vocabulary [0, {vocab_size})",
-                                     param="input", code="invalid_token_id")
+                raise InvalidRequest(f"input[{i}] holds token id {t}, outside the vocabulary [0, {vocab_size}): "
+                                     f"{TIKTOKEN_HINT}", param="input", code="invalid_token_id")
 
 
 def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instructions,
