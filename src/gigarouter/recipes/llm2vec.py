@@ -47,6 +47,7 @@ class Template:
 
     name: str                         # "inst" ([INST] ... [/INST]) | "none"
     source: str
+    fallback: bool = False            # nothing about the model said: "none" because nothing named a wrapped base
 
 
 def choose_template(*, explicit: str | None = None, card_slug: str | None = None, card_template: str | None = None,
@@ -73,7 +74,7 @@ def choose_template(*, explicit: str | None = None, card_slug: str | None = None
         if name in INST_WRAPPED:
             return Template("inst", f"{where} names {name}")
     stated = ", ".join(sorted({name for _, name in names})) or "nothing"
-    return Template("none", f"no card, and the checkpoint names no Instruct base ({stated})")
+    return Template("none", f"no card, and the checkpoint names no Instruct base ({stated})", fallback=True)
 
 
 @dataclass

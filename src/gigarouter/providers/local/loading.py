@@ -49,7 +49,7 @@ def model_template(config: ModelConfig, card: ModelCard | None, resolved: Resolv
                                recorded=read_merge_record(resolved.base_dir).get("template"),
                                names=identity_names(resolved))
     wrapped = "[INST] ... [/INST]" if template.name == "inst" else "no template"
-    if template.name == "none" and not (config.template or (card and card.template)):
+    if template.fallback:
         log.warning("model %s: llm2vec inputs get %s: %s; set template = \"inst\" on its [[models]] entry "
                     "if its base is Mistral-7B-Instruct-v0.2 or Llama-2-chat", config.name, wrapped, template.source)
     else:
