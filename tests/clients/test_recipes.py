@@ -34,7 +34,7 @@ NOISY = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def recipes() -> dict[str, str]:
     text = (ROOT / "docs" / "clients.md").read_text(encoding="utf-8")
-    return dict(re.findall(r"<!-- recipe: (\w+) -->\n```python\n(.*?)```", text, re.S))
+    return dict(re.findall(r"<!-- recipe: (\w+) -->\n```python\n(.*?)```", text, re.DOTALL))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def run(name: str, base: str, model: str) -> dict:
                      ('"dimensions": 256', '"dimensions": 256' if model == MINILM else '"dimensions": 16')):
         code = code.replace(old, new)
     namespace: dict = {"__name__": f"recipe_{name}"}
-    exec(compile(code, f"docs/clients.md ({name})", "exec"), namespace)
+    exec(compile(code, f"docs/clients.md ({name})", "exec"), namespace)  # noqa: S102 (the page's own code)
     return namespace
 
 

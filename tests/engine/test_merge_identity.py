@@ -68,7 +68,7 @@ def test_a_merged_model_without_a_card_keeps_the_template_it_was_served_with(tmp
     config = json.loads((merged / "config.json").read_text())
     del config["_name_or_path"]
     (merged / "config.json").write_text(json.dumps(config))
-    recipe, vectors, case = query_vectors(ModelConfig(name="other", recipe="llm2vec", weights=str(merged)))
+    recipe, _, _ = query_vectors(ModelConfig(name="other", recipe="llm2vec", weights=str(merged)))
     assert recipe.template == "inst"
     assert recipe.template_source == "the record that models merge wrote beside its config.json"
     assert recipe.instructions.default_query is None     # no card: a query without an instruction gets none

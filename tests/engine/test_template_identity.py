@@ -85,7 +85,7 @@ def test_the_card_decides_before_the_checkpoint(bare_base, tmp_path):
 
 def test_an_explicit_template_wins_and_nothing_named_means_none_with_a_warning(bare_base, caplog):
     none = local_llm2vec(bare_base, template="none")
-    recipe, worst = embed_golden(none, [])
+    recipe, _ = embed_golden(none, [])
     assert (recipe.template, recipe.template_source) == ("none", "the template key of its [[models]] entry")
     [p] = recipe.prepare_texts(["hello"])
     assert recipe.tokenizer.decode(p.token_ids) == "hello"

@@ -97,7 +97,7 @@ def load_cards() -> dict[str, ModelCard]:
     return cards
 
 
-def card_for_model(config: "ModelConfig") -> ModelCard | None:
+def card_for_model(config: ModelConfig) -> ModelCard | None:
     """A configured model's card: ``card`` if given; else the one recorded by ``models merge`` in a
     local ``weights`` directory (a merged checkpoint served under a new name keeps its card);
     else the card whose slug, Hub id or alias is the model's name, an alias or ``weights``."""
