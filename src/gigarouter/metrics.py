@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: A whole request may run to the request deadline (600 s by default).
+REQUEST_BUCKETS = (*LATENCY_BUCKETS, 60.0, 120.0, 300.0, 600.0)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 SEQUENCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -13,8 +15,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's CPU, memory, open files and start time (process_*; Linux only) and the
+        # Python version (python_info), on this registry rather than the global one.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.requests = Counter("gigarouter_requests", "HTTP requests by route, status and model",
                                 ["route", "status", "model"], registry=r)
+        self.request_seconds = Histogram("gigarouter_request_seconds", "End-to-end HTTP request time, from the "
+                                         "first byte in to the last byte out, by route and model",
+                                         ["route", "model"], buckets=REQUEST_BUCKETS, registry=r)
         self.tokens = Counter("gigarouter_tokens", "Tokens embedded, by model", ["model"], registry=r)
         self.queue_tokens = Gauge("gigarouter_queue_tokens", "Tokens waiting in the scheduler queue",
                                   ["model"], registry=r)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gigarouter.catalog.cards import find_card, load_cards
+from gigarouter.catalog.cards import card_for_model, find_card, load_cards
 from gigarouter.errors import ModelLoadError
 from gigarouter.settings import ConfigError, ModelConfig, Settings, load_settings
 
@@ -84,7 +84,7 @@ def list_models(config: ConfigOpt = None, cache_dir: CacheOpt = None) -> None:
     for column in ("name", "recipe", "weights", "adapters", "cached", "license"):
         served.add_column(column)
     for m in settings.models:
-        card = find_card(m.card, m.name, m.weights, *m.aliases)
+        card = card_for_model(m)
         weights_cached = cached(m.weights, m.revision)
         adapters = ", ".join(f"{a} ({'cached' if 'yes' in cached(a) else 'not cached'})" for a in m.adapters)
         served.add_row(m.name, m.recipe, m.weights, adapters or "-", weights_cached, card.license if card else "?")
@@ -134,6 +134,7 @@ def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog m
 
     from gigarouter.engine.merge import merge_checkpoint
     from gigarouter.engine.sources import resolve_checkpoint
+    from gigarouter.providers.local.loading import model_template
 
     console = _console()
     settings = _settings(config, cache_dir)
@@ -144,9 +145,13 @@ def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog m
     try:
         resolved = resolve_checkpoint(model, cache_dir=settings.cache_dir, offline=offline or settings.offline,
                                       progress=True, endpoint=endpoint)
+        # The merged directory keeps the model's identity: its card and llm2vec template.
+        card = card_for_model(model)
+        template = model_template(model, card, resolved) if known and model.recipe == "llm2vec" else None
         with console.status(f"merging {len(resolved.adapter_dirs)} adapter(s) into {resolved.base_dir.name}"):
             merge_checkpoint(resolved, out, recipe_name=_merge_recipe(model, known, resolved.base_dir),
-                             dtype=getattr(torch, dtype) if dtype else None)
+                             dtype=getattr(torch, dtype) if dtype else None,
+                             card=card.slug if card else None, template=template.name if template else None)
     except ModelLoadError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None

@@ -18,12 +18,20 @@ from typing import Any
 import platformdirs
 
 RECIPES = ("sbert", "llm2vec", "e5")
+#: llm2vec's input templates: "inst" wraps inputs as "[INST] ... [/INST]" (Mistral-7B-Instruct-v0.2,
+#: Llama-2-chat bases), "none" leaves them bare (docs/models.md, "the template").
+TEMPLATES = ("inst", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Where the per-input embedding cache keeps its entries (docs/cache.md); "off" turns it off.
 CACHE_STORES = ("memory", "redis", "file", "off")
 CACHE_SCOPES = ("account", "global")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+#: Rate limits of a key that sets none of its own (requests and tokens per minute). High enough
+#: that one request never exceeds them (2048 inputs of 4096 tokens fit), low enough to stop a
+#: runaway client; and a limit is what gives every response its x-ratelimit-* headers.
+DEFAULT_RPM = 10_000
+DEFAULT_TPM = 10_000_000
 #: Provider names appear in headers, metrics and URLs: keep them plain.
 PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: The most sign-up credit a setting may give (accounts.ledger.MAX_AMOUNT_MICRO, $1,000,000,000).
@@ -55,6 +63,7 @@ class ModelConfig:
     provider: str = "local"           # the provider name this deployment has in the model's route
     # What a token served from the embedding cache bills per 1M tokens (docs/cache.md).
     cached_price_per_million_usd: float = 0.0
+    template: str | None = None       # llm2vec only: "inst" | "none"; default: decided by the model's identity
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -71,6 +80,11 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: price_per_million_usd must be >= 0")
         if not _price_ok(self.cached_price_per_million_usd):
             raise ConfigError(f"model {self.name!r}: cached_price_per_million_usd must be a number >= 0")
+        if self.template is not None:
+            if self.template not in TEMPLATES:
+                raise ConfigError(f"model {self.name!r}: template must be one of {', '.join(TEMPLATES)}")
+            if self.recipe != "llm2vec":
+                raise ConfigError(f"model {self.name!r}: template applies to the llm2vec recipe only")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -201,6 +215,13 @@ class Settings:
     server_secret: str | None = None       # HMAC key for API-key hashes; None = generated file in data_dir
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
+    # Per-key limits for keys without their own rpm / tpm; 0 = unlimited (and no x-ratelimit-* headers).
+    default_rpm: int = DEFAULT_RPM
+    default_tpm: int = DEFAULT_TPM
+
+    # Browsers: origins whose pages may call the API (/v1/...) directly, e.g.
+    # ("https://app.example.com",) or ("*",); empty = no CORS headers, no preflight.
+    cors_origins: tuple[str, ...] = ()
 
     # The per-input embedding cache (docs/cache.md): where entries live (memory | redis | file | off),
     # whose entries a request may hit (account: its own account's; global: everyone's), the in-process
@@ -222,6 +243,11 @@ class Settings:
     public_metrics: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.cors_origins, str) or not all(
+                isinstance(o, str) and (o == "*" or (o.startswith(("http://", "https://")) and not o.endswith("/")))
+                for o in self.cors_origins):
+            raise ConfigError('cors_origins must be a list of origins like "https://app.example.com" '
+                              '(scheme and host, no trailing slash) or ["*"]')
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
             raise ConfigError("cpu_parallel_batches must be a whole number >= 1")
@@ -247,6 +273,10 @@ class Settings:
                 raise ConfigError(f"trusted_proxies: {proxy!r} is not an IP address or network") from None
         if not isinstance(self.public_metrics, bool):
             raise ConfigError("public_metrics must be true or false")
+        for key in ("default_rpm", "default_tpm"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key} must be a whole number >= 0 (0 = unlimited)")
 
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
@@ -327,6 +357,8 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     for key, value in {**server, **raw}.items():
         if key in ("data_dir", "cache_dir", "cache_path") and value is not None:
             value = Path(value).expanduser()
+        if key == "cors_origins" and isinstance(value, list):
+            value = tuple(value)
         values[key] = value
     return values
 

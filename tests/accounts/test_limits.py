@@ -130,13 +130,14 @@ def test_gate_applies_each_keys_limits(settings):
                 await gate.check_rate(principal, tokens=0)
             with pytest.raises(RateLimited) as tokens_refused:
                 await gate.check_rate(principal, tokens=20)
-            unlimited, _ = await funded(gate, 1_000)
+            by_default, _ = await funded(gate, 1_000)
             return first, tokens, requests_refused.value, tokens_refused.value, await gate.check_rate(
-                unlimited, tokens=0)
+                by_default, tokens=0)
 
-    first, tokens, requests_refused, tokens_refused, unlimited = asyncio.run(scenario())
+    first, tokens, requests_refused, tokens_refused, by_default = asyncio.run(scenario())
     assert first["x-ratelimit-limit-requests"] == "2" and first["x-ratelimit-remaining-requests"] == "1"
     assert tokens["x-ratelimit-remaining-tokens"] == "10"
     assert requests_refused.status == 429 and int(requests_refused.headers["Retry-After"]) >= 1
     assert "tokens" in tokens_refused.message
-    assert unlimited == {}
+    # A key without limits of its own has the settings' defaults, and so the headers too.
+    assert by_default["x-ratelimit-limit-requests"] == "10000" and by_default["x-ratelimit-limit-tokens"] == "10000000"

@@ -112,3 +112,14 @@ def test_ready_answers_at_once_during_a_long_batch_and_names_a_stalled_device(tm
             model.release.set()
             assert pending.result(10).status_code == 200
         assert client.get("/ready").status_code == 200
+
+
+def test_metrics_have_end_to_end_latency_per_route_and_model_and_process_metrics(real_client):
+    real_client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "latency"})
+    real_client.get("/v1/models")
+    text = real_client.get("/metrics").text
+    assert 'gigarouter_request_seconds_count{model="all-minilm-l6-v2",route="/v1/embeddings"}' in text
+    assert 'gigarouter_request_seconds_bucket{le="600.0",model="all-minilm-l6-v2",route="/v1/embeddings"}' in text
+    assert 'gigarouter_request_seconds_count{model="",route="/v1/models"}' in text
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "python_info"):
+        assert name in text, name

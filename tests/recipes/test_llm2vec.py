@@ -101,8 +101,9 @@ def test_token_ids_are_limited_in_tokens(recipe):
     assert start.token_ids[start.pool_start:len(start.token_ids) - tail] == seq[-400:]
     with pytest.raises(InputTooLong):
         recipe.prepare_token_ids([seq], truncate="none")
-    with pytest.raises(InvalidRequest, match="outside the vocabulary"):
+    with pytest.raises(InvalidRequest, match="outside the vocabulary") as err:
         recipe.prepare_token_ids([[5, 32000]])
+    assert "check_embedding_ctx_length=False" in err.value.message      # LangChain's tiktoken ids: what to set
 
 
 def test_build_recipe_passes_the_base_name():

@@ -36,7 +36,7 @@ from gigarouter.accounts.limits import InProcessLimiter, Limit, Limiter, RedisLi
 from gigarouter.accounts.store import (AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow,
                                       check_email)
 from gigarouter.errors import Conflict, Forbidden, InvalidRequest, NotReady
-from gigarouter.settings import Settings
+from gigarouter.settings import DEFAULT_RPM, DEFAULT_TPM, Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class GateOptions:
     """Tunables with sensible defaults (not yet in Settings)."""
 
     db_threads: int = 8
-    default_limit: Limit = Limit()                         # for keys without their own rpm/tpm
+    default_limit: Limit | None = None                     # keys without their own rpm/tpm; None: the settings'
     signup_limit: Limit = Limit(requests=10, period_s=3600.0)   # sign-ups per client address
     recovery_interval_s: float = 60.0
     stale_reservation_s: float = 3600.0                    # our own held reservations older than this: refund
@@ -63,6 +63,8 @@ class DatabaseGate:
         self.limiter = limiter or InProcessLimiter()
         self.signup_credit_micro = signup_credit_micro
         self.signup_enabled = signup_enabled
+        if options.default_limit is None:
+            options = dataclasses.replace(options, default_limit=Limit(requests=DEFAULT_RPM, tokens=DEFAULT_TPM))
         self.options = options
         self._secret = server_secret
         self._migrate = migrate
@@ -83,6 +85,9 @@ class DatabaseGate:
                         settings.data_dir / keys.SECRET_FILE)
         if limiter is None:
             limiter = RedisLimiter.from_url(settings.redis_url) if settings.redis_url else InProcessLimiter()
+        if options.default_limit is None:   # 0 in the settings = unlimited
+            options = dataclasses.replace(options, default_limit=Limit(requests=settings.default_rpm or None,
+                                                                       tokens=settings.default_tpm or None))
         engine = make_engine(url, pool_size=options.db_threads)
         return cls(engine, server_secret=keys.server_secret(settings), limiter=limiter,
                    signup_credit_micro=settings.signup_credit_micro, signup_enabled=settings.signup_enabled,

@@ -12,7 +12,8 @@ from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.service import build_gate
 from gigarouter.api import openapi
 from gigarouter.api.errors import install_error_handlers
-from gigarouter.api.middleware import ClientAddressMiddleware, RequestContextMiddleware, redact_access_log
+from gigarouter.api.middleware import (ApiCorsMiddleware, ClientAddressMiddleware, RequestContextMiddleware,
+                                       redact_access_log)
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.add_middleware(ClientAddressMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     redact_access_log()
+    if settings.cors_origins:   # outermost, so a 413 or a 500 reaches the page with its CORS headers too
+        app.add_middleware(ApiCorsMiddleware, origins=settings.cors_origins)
     for module in (embeddings, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
     from gigarouter import web

@@ -1,5 +1,6 @@
 """ASGI middleware: request id, body-size cap, last-resort 500, request metrics (outermost); the client's
-address from trusted proxies only, and open mode kept to loopback; secrets kept out of the access log.
+address from trusted proxies only, and open mode kept to loopback; secrets kept out of the access log;
+CORS for the API.
 
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task hop per request and can
 see every response, including the ones produced for unexpected exceptions.
@@ -11,8 +12,10 @@ import ipaddress
 import json
 import logging
 import re
+import time
 import uuid
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gigarouter.metrics import Metrics
@@ -32,6 +35,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
@@ -57,7 +61,7 @@ class RequestContextMiddleware:
                 if not status_holder["started"]:
                     await self._error(send_with_id, 500, "internal_error",
                                       f"internal server error (request id {request_id})", type="server_error")
-        self._count(scope, status_holder["status"])
+        self._count(scope, status_holder["status"], time.perf_counter() - started)
 
     async def _error(self, send: Send, status: int, code: str, message: str,
                      type: str = "invalid_request_error") -> None:
@@ -66,7 +70,7 @@ class RequestContextMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _count(self, scope: Scope, status: int) -> None:
+    def _count(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         model = scope.get("state", {}).get("model", "")
@@ -199,3 +203,35 @@ def redact_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactSecrets) for f in access.filters):
         access.addFilter(RedactSecrets())
+        self.metrics.request_seconds.labels(path, model).observe(seconds)
+
+
+#: What a browser page may read from an API response (besides the CORS-safelisted headers).
+EXPOSED_HEADERS = ("x-request-id", "x-gigarouter-provider", "x-gigarouter-fingerprint", "x-gigarouter-replica",
+                   "x-tokenize-time", "x-queue-time", "x-inference-time", "x-upstream-time", "retry-after",
+                   "idempotent-replayed", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                   "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                   "x-ratelimit-reset-tokens")
+
+
+class ApiCorsMiddleware:
+    """CORS (``settings.cors_origins``) for the API only: paths under /v1/.
+
+    The web pages stay same-origin. Keys travel in the Authorization header, not in
+    cookies, so credentials are not allowed; any request header may be sent (the openai
+    clients add their own x-stainless-* headers), and the gigarouter and rate-limit
+    headers are exposed to the page.
+    """
+
+    def __init__(self, app: ASGIApp, *, origins: tuple[str, ...], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+        self.cors = CORSMiddleware(app, allow_origins=list(origins), allow_methods=["GET", "POST", "DELETE"],
+                                   allow_headers=["*"], allow_credentials=False, expose_headers=list(EXPOSED_HEADERS),
+                                   max_age=600)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

@@ -11,9 +11,12 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gigarouter.recipes.base import Instructions
+
+if TYPE_CHECKING:
+    from gigarouter.settings import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ModelCard:
     related: tuple[str, ...] = ()      # slugs
     aliases: tuple[str, ...] = ()
     default_query_instruction: str | None = None
+    template: str | None = None        # llm2vec's input template ("inst" | "none"), part of the model's identity
     task_instructions: dict[str, str] = field(default_factory=dict)
     extra_specs: dict[str, str] = field(default_factory=dict)  # further rows of the specs table
     status: str = ""                   # as the model page states it, e.g. "coming soon"
@@ -91,6 +95,19 @@ def load_cards() -> dict[str, ModelCard]:
             card = ModelCard.from_dict(tomllib.loads(entry.read_text(encoding="utf-8")))
             cards[card.slug] = card
     return cards
+
+
+def card_for_model(config: ModelConfig) -> ModelCard | None:
+    """A configured model's card: ``card`` if given; else the one recorded by ``models merge`` in a
+    local ``weights`` directory (a merged checkpoint served under a new name keeps its card);
+    else the card whose slug, Hub id or alias is the model's name, an alias or ``weights``."""
+    explicit = find_card(config.card) if config.card else None
+    if explicit is not None:
+        return explicit
+    from gigarouter.engine.sources import read_merge_record
+
+    recorded = read_merge_record(config.weights).get("card")
+    return (find_card(recorded) if recorded else None) or find_card(config.name, config.weights, *config.aliases)
 
 
 def find_card(*names: str | None) -> ModelCard | None:

@@ -2,9 +2,13 @@
 
 The output is a Hugging Face directory: config.json, model.safetensors (or
 shards plus an index), the tokenizer files and a ``gigarouter_merge.json`` that
-records where it came from. Serving it needs no adapter pass at start-up, and
-transformers' ``AutoModel`` loads it too. LLM2Vec's [INST] template keys on the
-base model's name, so config.json keeps that name in ``_name_or_path``.
+records where it came from and what the model is: its catalog card (so a merged
+checkpoint served under a new name keeps its card, default query instruction
+included) and its llm2vec template, which the loader reads back. Serving it
+needs no adapter pass at start-up, and transformers' ``AutoModel`` loads it too.
+The llm2vec library keys its [INST] template on the base model's name, so
+config.json keeps that name in ``_name_or_path`` (the Instruct base's, when an
+adapter named it).
 
 Memory: the base is memory-mapped (see loading.py), the merge rewrites the
 adapted weights in place, and the writer streams one tensor at a time, so a
@@ -22,7 +26,7 @@ import torch
 
 from gigarouter.engine.build import build_model
 from gigarouter.engine.loading import DTYPE_NAMES, read_config
-from gigarouter.engine.sources import ResolvedCheckpoint
+from gigarouter.engine.sources import MERGE_RECORD, ResolvedCheckpoint, identity_names
 from gigarouter.errors import ModelLoadError
 
 MAX_SHARD_BYTES = 5 * 2**30
@@ -97,8 +101,13 @@ def _copy_side_files(resolved: ResolvedCheckpoint, out_dir: Path) -> None:
 
 
 def merge_checkpoint(resolved: ResolvedCheckpoint, out_dir: Path, *, recipe_name: str,
-                     dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """Write ``resolved`` with its adapters folded in to ``out_dir``; returns out_dir."""
+                     dtype: torch.dtype | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                     card: str | None = None, template: str | None = None) -> Path:
+    """Write ``resolved`` with its adapters folded in to ``out_dir``; returns out_dir.
+
+    ``card`` (a slug) and ``template`` (llm2vec's, as decided for the unmerged model) are
+    recorded in gigarouter_merge.json, where the loader finds them again.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelLoadError(f"{out_dir} exists and is not empty")
@@ -110,11 +119,23 @@ def merge_checkpoint(resolved: ResolvedCheckpoint, out_dir: Path, *, recipe_name
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_side_files(resolved, out_dir)
     files = save_checkpoint(out_dir, named, max_shard_bytes=max_shard_bytes)
-    config = {**raw, "_name_or_path": resolved.base_name, "torch_dtype": str(dtype).removeprefix("torch.")}
+    config = {**raw, "_name_or_path": _base_name(resolved, template),
+              "torch_dtype": str(dtype).removeprefix("torch.")}
     if prefix:   # no LM head in the output: MistralModel is what loads it cleanly
         config["architectures"] = ["MistralModel"]
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    provenance = {"sources": list(resolved.sources), "base": str(resolved.base_dir),
-                  "adapters": [str(a) for a in resolved.adapter_dirs], "dtype": config["torch_dtype"], "files": files}
-    (out_dir / "gigarouter_merge.json").write_text(json.dumps(provenance, indent=2))
+    record = {"card": card, "recipe": recipe_name, "template": template,
+              "sources": list(resolved.sources), "base": str(resolved.base_dir),
+              "adapters": [str(a) for a in resolved.adapter_dirs], "dtype": config["torch_dtype"], "files": files}
+    (out_dir / MERGE_RECORD).write_text(json.dumps(record, indent=2))
     return out_dir
+
+
+def _base_name(resolved: ResolvedCheckpoint, template: str | None) -> str:
+    """The name to keep in config.json: an Instruct base named by an adapter when the template is
+    [INST] (so llm2vec itself wraps the merged model too), else the base's own name."""
+    from gigarouter.recipes.llm2vec import INST_WRAPPED
+
+    if template == "inst" and resolved.base_name not in INST_WRAPPED:
+        return next((name for _, name in identity_names(resolved) if name in INST_WRAPPED), resolved.base_name)
+    return resolved.base_name

@@ -31,6 +31,9 @@ from gigarouter.settings import EMBEDDED_WEIGHTS, ModelConfig
 #: copy of the same weights that Mistral repos also carry).
 ALLOW_PATTERNS = ["*.json", "model*.safetensors", "adapter_model.safetensors", "tokenizer.model"]
 MAX_ADAPTER_DEPTH = 8
+#: What ``models merge`` writes beside config.json: the sources, and the model's identity (card,
+#: llm2vec template), which a merged checkpoint served under a new name would otherwise lose.
+MERGE_RECORD = "gigarouter_merge.json"
 
 
 @dataclass(frozen=True)
@@ -196,3 +199,44 @@ def resolve_checkpoint(model: ModelConfig, *, cache_dir: Path | None = None, off
     tokenizer_dir = next((d for d in candidates if (d / "tokenizer.json").exists()), chain.base_dir)
     return ResolvedCheckpoint(base_dir=chain.base_dir, adapter_dirs=tuple(adapter_dirs), tokenizer_dir=tokenizer_dir,
                               base_name=chain.base_name, sources=tuple(seen))
+
+
+def read_merge_record(weights: str | Path) -> dict:
+    """``gigarouter_merge.json`` of a local checkpoint directory (``{}`` when there is none)."""
+    if isinstance(weights, str) and (weights.startswith("package:") or not _looks_local(weights)):
+        return {}
+    path = Path(weights).expanduser() / MERGE_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def identity_names(resolved: ResolvedCheckpoint) -> list[tuple[str, str]]:
+    """(where, name) for every model name the checkpoint states, in the order that decides
+    llm2vec's template: the bases its adapters name, then the base's own name (Hub id or
+    config.json ``_name_or_path``)."""
+    names: list[tuple[str, str]] = []
+    for directory in resolved.adapter_dirs:
+        try:
+            base = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        if base:
+            names.append((f"adapter {_label(directory)}", base))
+    names.append((f"the base {_label(resolved.base_dir)}", resolved.base_name))
+    config = resolved.base_dir / "config.json"
+    if config.exists():
+        stated = json.loads(config.read_text()).get("_name_or_path")
+        if stated and stated != resolved.base_name:
+            names.append((f"config.json of {_label(resolved.base_dir)}", stated))
+    return names
+
+
+def _label(directory: Path) -> str:
+    """A Hub snapshot as its repo id (``models--owner--name/snapshots/<sha>`` -> owner/name), else the path."""
+    parts = directory.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return str(directory)

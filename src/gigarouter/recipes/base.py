@@ -81,20 +81,30 @@ def fit(ids: list[int], room: int, truncate: Truncate, *, index: int) -> list[in
     return ids[:room] if truncate == "end" else ids[len(ids) - room:]
 
 
+#: Why a client sends ids outside our vocabulary, nearly always: OpenAI's tiktoken ids (cl100k_base
+#: has 100k tokens, o200k_base 200k; our models 30-32k), which LangChain's OpenAIEmbeddings sends
+#: by default. Ids that happen to fall inside the vocabulary cannot be told apart: they give wrong
+#: vectors, which is why docs/clients.md says to turn it off in any case.
+TIKTOKEN_HINT = ("token-id inputs must be this model's own token ids, and these look like OpenAI tiktoken ids: "
+                 "LangChain's OpenAIEmbeddings sends those unless you set check_embedding_ctx_length=False "
+                 "(then it sends text; see docs/clients.md)")
+
+
 def check_token_ids(sequences: Sequence[Sequence[int]], vocab_size: int) -> None:
     for i, seq in enumerate(sequences):
         for t in seq:
             if not 0 <= t < vocab_size:
-                raise InvalidRequest(f"input[{i}] holds token id {t}, outside the vocabulary [0, {vocab_size})",
-                                     param="input", code="invalid_token_id")
+                raise InvalidRequest(f"input[{i}] holds token id {t}, outside the vocabulary [0, {vocab_size}): "
+                                     f"{TIKTOKEN_HINT}", param="input", code="invalid_token_id")
 
 
 def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instructions,
-                 max_tokens: int | None = None, base_name: str | None = None) -> Recipe:
+                 max_tokens: int | None = None, base_name: str | None = None, template=None) -> Recipe:
     """The recipe named in a model's config, set up from its checkpoint (tokenizer) directory.
 
-    ``base_name`` is the base model's name as the reference code sees it
-    (``ResolvedCheckpoint.base_name``); llm2vec's [INST] template depends on it.
+    llm2vec's [INST] template is ``template`` (``llm2vec.Template``, decided from the model's
+    identity by ``llm2vec.choose_template``); without one, ``base_name`` (the base model's
+    name, ``ResolvedCheckpoint.base_name``) decides it as the reference code does.
     """
     if name == "sbert":
         from gigarouter.recipes.sbert import SbertRecipe
@@ -102,7 +112,7 @@ def build_recipe(name: str, checkpoint_dir: Path, *, card_instructions: Instruct
     if name == "llm2vec":
         from gigarouter.recipes.llm2vec import Llm2VecRecipe
         return Llm2VecRecipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens,
-                                             base_name=base_name)
+                                             base_name=base_name, template=template)
     if name == "e5":
         from gigarouter.recipes.e5 import E5Recipe
         return E5Recipe.from_checkpoint(checkpoint_dir, instructions=card_instructions, max_tokens=max_tokens)

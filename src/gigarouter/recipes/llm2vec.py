@@ -8,7 +8,9 @@ Mirrors ``llm2vec`` 0.2.3 ``LLM2Vec.encode`` step by step (DESIGN.md, "Model rec
 5. ``"{instruction.strip()} !@#$%^&*(){text}"`` (or ``"!@#$%^&*(){text}"``); a
    base named ``mistralai/Mistral-7B-Instruct-v0.2`` (or Llama-2-chat) then wraps
    the whole as ``"[INST] " + s.strip() + " [/INST]"``. The model sees the string
-   without the separator, with BOS, cut at 512 tokens.
+   without the separator, with BOS, cut at 512 tokens. Which template applies is the
+   model's identity, decided once at load by ``choose_template`` (never by a
+   directory's metadata alone).
 6. The mean covers the last ``n`` positions, ``n`` = tokens of the part after the
    separator tokenized on its own (text + " [/INST]"), so the instruction is
    attended to but not pooled.
@@ -39,30 +41,75 @@ MAX_TOKENS = 512
 DOC_MAX_TOKENS = 400
 
 
+@dataclass(frozen=True)
+class Template:
+    """llm2vec's input template for one model and what decided it (logged, and in GET /v1/models/{id})."""
+
+    name: str                         # "inst" ([INST] ... [/INST]) | "none"
+    source: str
+    fallback: bool = False            # nothing about the model said: "none" because nothing named a wrapped base
+
+
+def choose_template(*, explicit: str | None = None, card_slug: str | None = None, card_template: str | None = None,
+                    recorded: str | None = None, names: Sequence[tuple[str, str]] = ()) -> Template:
+    """The template by the model's identity, first answer wins:
+
+    1. ``template`` on the ``[[models]]`` entry;
+    2. the deployment's catalog card (the LLM2Vec card is an Instruct-v2 model);
+    3. what ``models merge`` recorded for a merged checkpoint;
+    4. a name the checkpoint states (``names``: the bases its adapters name, then the base's Hub
+       id or config.json ``_name_or_path``) that llm2vec wraps;
+    5. otherwise none, as llm2vec does for any other base.
+
+    llm2vec itself keys on ``_name_or_path`` alone, so a base copied without it silently loses
+    the template there; here the card or an adapter still says what the model is.
+    """
+    if explicit:
+        return Template(explicit, "the template key of its [[models]] entry")
+    if card_template:
+        return Template(card_template, f"its catalog card {card_slug}")
+    if recorded:
+        return Template(recorded, "the record that models merge wrote beside its config.json")
+    for where, name in names:
+        if name in INST_WRAPPED:
+            return Template("inst", f"{where} names {name}")
+    stated = ", ".join(sorted({name for _, name in names})) or "nothing"
+    return Template("none", f"no card, and the checkpoint names no Instruct base ({stated})", fallback=True)
+
+
 @dataclass
 class Llm2VecRecipe:
     tokenizer: Tokenizer
     instructions: Instructions
-    wrap_inst: bool                   # the [INST] ... [/INST] template of Instruct-v2
+    template: str                     # "inst": the [INST] ... [/INST] wrap of Instruct-v2 | "none"
     specials: list[int]               # what the tokenizer puts before the text (BOS)
     max_tokens: int = MAX_TOKENS
     doc_max_tokens: int = DOC_MAX_TOKENS
     vocab_size: int = 32000
     pooling: PoolingMode = PoolingMode.MEAN
     name: str = "llm2vec"
+    template_source: str = ""
+
+    @property
+    def wrap_inst(self) -> bool:
+        return self.template == "inst"
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path, *, instructions: Instructions | None = None,
-                        max_tokens: int | None = None, base_name: str | None = None) -> "Llm2VecRecipe":
-        """``checkpoint_dir`` holds tokenizer.json; ``base_name`` is the base model's name
-        (default: ``_name_or_path`` in checkpoint_dir/config.json), which decides the [INST] wrap."""
+                        max_tokens: int | None = None, base_name: str | None = None,
+                        template: Template | None = None) -> "Llm2VecRecipe":
+        """``checkpoint_dir`` holds tokenizer.json. ``template`` is the decision made from the
+        model's identity (``choose_template``); without one, ``base_name`` (default:
+        ``_name_or_path`` in checkpoint_dir/config.json) decides, as in the library."""
         tokenizer = load_tokenizer(checkpoint_dir)
-        if base_name is None:
-            config = checkpoint_dir / "config.json"
-            base_name = json.loads(config.read_text()).get("_name_or_path", "") if config.exists() else ""
+        if template is None:
+            if base_name is None:
+                config = checkpoint_dir / "config.json"
+                base_name = json.loads(config.read_text()).get("_name_or_path", "") if config.exists() else ""
+            template = choose_template(names=[("the base", base_name)])
         limit = max_tokens or MAX_TOKENS
         return cls(tokenizer=tokenizer, instructions=instructions or Instructions(),
-                   wrap_inst=base_name in INST_WRAPPED, specials=_prefix_specials(tokenizer),
+                   template=template.name, template_source=template.source, specials=_prefix_specials(tokenizer),
                    max_tokens=limit, doc_max_tokens=min(DOC_MAX_TOKENS, limit),
                    vocab_size=tokenizer.get_vocab_size())
 

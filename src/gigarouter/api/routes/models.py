@@ -1,11 +1,16 @@
-"""GET /v1/models and /v1/models/{id}: OpenAI's list shape plus catalog fields and providers."""
+"""GET /v1/models: what this server serves; GET /v1/catalog: every model card, served or coming soon.
+
+``/v1/models`` keeps OpenAI's list shape (plus catalog fields and providers) and lists only
+models a request can name here: live, loading, or down for now. Tools pick a model from it,
+so a catalog entry that would answer 404 never appears there; ``/v1/catalog`` has those.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from gigarouter.api.deps import RouterDep
-from gigarouter.catalog.cards import ModelCard
+from gigarouter.catalog.cards import ModelCard, find_card, load_cards
 from gigarouter.errors import ModelNotFound
 from gigarouter.router.route import Binding, Route
 
@@ -15,17 +20,42 @@ _CREATED = 1_700_000_000  # OpenAI requires an int; our models have no creation 
 
 @router.get("/v1/models")
 async def list_models(models: RouterDep) -> dict:
+    """Served models; one that failed to load is left out (GET /v1/models/{id} and /ready say why)."""
     data = [route_entry(r) for r in models.routes]
-    data += [_card_entry(c, status="coming_soon") for c in models.catalog_only()]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [e for e in data if e["status"] != "failed"]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, models: RouterDep) -> dict:
-    for entry in (await list_models(models))["data"]:
-        if model_id.lower() in (n.lower() for n in (entry["id"], *entry["aliases"])):
-            return entry
+    route = models.find(model_id)
+    if route is not None:
+        return route_entry(route)
+    if find_card(model_id) is not None:
+        raise ModelNotFound(f"The model {model_id!r} is in the catalog but not served here; "
+                            "GET /v1/catalog lists the catalog", param="model")
     raise ModelNotFound(f"The model {model_id!r} does not exist", param="model")
+
+
+@router.get("/v1/catalog")
+async def list_catalog(models: RouterDep) -> dict:
+    """Every model card, with its status here (``coming_soon`` when no route serves it)."""
+    return {"object": "list", "data": [catalog_entry(c, models) for c in sorted(load_cards().values(),
+                                                                              key=lambda c: c.slug)]}
+
+
+@router.get("/v1/catalog/{model_id:path}")
+async def get_catalog_entry(model_id: str, models: RouterDep) -> dict:
+    card = load_cards().get(model_id) or find_card(model_id)
+    if card is None:
+        raise ModelNotFound(f"The catalog has no model {model_id!r}", param="model")
+    return catalog_entry(card, models)
+
+
+def catalog_entry(card: ModelCard, models) -> dict:
+    route = next((r for r in models.routes if r.card is not None and r.card.slug == card.slug), None)
+    entry = _card_entry(card, status=route_status(route) if route is not None else "coming_soon")
+    entry["served_as"] = route.name if route is not None else None   # the name a request uses here
+    return entry
 
 
 def route_status(route: Route) -> str:
@@ -57,9 +87,16 @@ def route_entry(route: Route) -> dict:
         "dimensions": route.dim,
         "max_tokens": route.max_tokens,
         "fingerprint": route.fingerprint,
+        **_template(route),
         "providers": [provider_entry(b) for b in route.bindings],
     })
     return base
+
+
+def _template(route: Route) -> dict:
+    """llm2vec's input template (inst | none) and what decided it; null for other recipes and before loading."""
+    recipe = route.local.recipe if route.local is not None else None
+    return {"template": getattr(recipe, "template", None), "template_source": getattr(recipe, "template_source", None)}
 
 
 def provider_entry(binding: Binding) -> dict:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gigarouter.catalog.cards import ModelCard, find_card
+from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.base import Engine
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import Recipe
@@ -38,7 +38,7 @@ class Deployment:
 
     @classmethod
     def for_config(cls, config: ModelConfig) -> "Deployment":
-        return cls(config=config, card=find_card(config.card, config.name, config.weights, *config.aliases))
+        return cls(config=config, card=card_for_model(config))
 
     @property
     def name(self) -> str:

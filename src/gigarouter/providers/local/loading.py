@@ -15,28 +15,32 @@ serving on the grid path.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import torch
 
-from gigarouter.catalog.cards import find_card
+from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.memory import plan_for
 from gigarouter.engine.runner import (TorchEngine, activation_bytes_per_token, budget_from_memory,
                                       default_parallel_batches, default_token_budget, resolve_device,
                                       resolve_dtype)
-from gigarouter.engine.sources import resolve_checkpoint
+from gigarouter.engine.sources import ResolvedCheckpoint, identity_names, read_merge_record, resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings
+
+log = logging.getLogger(__name__)
 
 
 def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True) -> tuple[Recipe, TorchEngine]:
     resolved = resolve_checkpoint(config, cache_dir=settings.cache_dir, offline=settings.offline, progress=progress)
-    card = find_card(config.card, config.name, config.weights, *config.aliases)
+    card = card_for_model(config)
+    template = model_template(config, card, resolved) if config.recipe == "llm2vec" else None
     recipe = build_recipe(config.recipe, resolved.tokenizer_dir,
                           card_instructions=card.instructions if card else Instructions(),
-                          max_tokens=config.max_tokens, base_name=resolved.base_name)
+                          max_tokens=config.max_tokens, base_name=resolved.base_name, template=template)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device)
@@ -48,6 +52,23 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
                          attention=os.environ.get("GIGAROUTER_ATTENTION", "auto"),
                          calibrate_budget=device.type == "cuda" and not explicit, on_budget=settle)
     return recipe, engine
+
+
+def model_template(config: ModelConfig, card: ModelCard | None, resolved: ResolvedCheckpoint):
+    """llm2vec's template by the model's identity (``llm2vec.choose_template``), logged."""
+    from gigarouter.recipes.llm2vec import choose_template
+
+    template = choose_template(explicit=config.template, card_slug=card.slug if card else None,
+                               card_template=card.template if card else None,
+                               recorded=read_merge_record(resolved.base_dir).get("template"),
+                               names=identity_names(resolved))
+    wrapped = "[INST] ... [/INST]" if template.name == "inst" else "no template"
+    if template.fallback:
+        log.warning("model %s: llm2vec inputs get %s: %s; set template = \"inst\" on its [[models]] entry "
+                    "if its base is Mistral-7B-Instruct-v0.2 or Llama-2-chat", config.name, wrapped, template.source)
+    else:
+        log.info("model %s: llm2vec inputs get %s, decided by %s", config.name, wrapped, template.source)
+    return template
 
 
 def _auto_budget(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, recipe: Recipe,
