@@ -75,6 +75,7 @@ class RequestContextMiddleware:
         path = getattr(route, "path", None) or "unmatched"
         model = scope.get("state", {}).get("model", "")
         self.metrics.requests.labels(path, str(status), model).inc()
+        self.metrics.request_seconds.labels(path, model).observe(seconds)
 
 
 def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -203,7 +204,6 @@ def redact_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactSecrets) for f in access.filters):
         access.addFilter(RedactSecrets())
-        self.metrics.request_seconds.labels(path, model).observe(seconds)
 
 
 #: What a browser page may read from an API response (besides the CORS-safelisted headers).
