@@ -55,6 +55,8 @@ STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/embeddings"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
+    ("get", "/v1/catalog"): (),
+    ("get", "/v1/catalog/{model_id}"): (404,),
     ("get", "/health"): (),
     ("get", "/ready"): (503,),
     ("get", "/metrics"): (401, 403),
