@@ -1,0 +1,196 @@
+"""A ``runtime = "ray"`` model as the gateway sees it: deployed (or found) on Ray Serve, and its life cycle.
+
+It stands where a local ``Deployment`` stands in the router (the route's
+``local``): ``loading`` until every replica has loaded and warmed up the model,
+then ``ready`` with the recipe fetched from a replica, so the gateway tokenizes
+and counts tokens exactly as the replicas would without holding the weights;
+``failed`` with the reason otherwise, while the other models keep serving.
+
+On a local instance, or on a cluster where no application of that name runs,
+the gateway deploys it (``serve.run``) and deletes it when it stops. On a
+cluster where it already runs (declared in a KubeRay RayService, or deployed by
+another gateway) the gateway attaches to it and leaves it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gigarouter.catalog.cards import ModelCard, find_card
+from gigarouter.metrics import Metrics
+from gigarouter.providers.local.deployment import ModelLoader
+from gigarouter.providers.ray import cluster
+from gigarouter.recipes.base import Recipe
+from gigarouter.settings import Autoscaling, ModelConfig, Settings
+
+log = logging.getLogger(__name__)
+
+#: Tokens of the shortest common request (a query) that ``max_ongoing_requests`` is sized for.
+_SHORT_REQUEST_TOKENS = 16
+
+
+@dataclass
+class ReplicaEngine:
+    """What the router and /ready read from a local engine, for replicas that run elsewhere.
+
+    Serve health-checks each replica (``EmbeddingReplica.check_health``) and replaces one
+    whose device stops answering; requests that a lost replica held are retried by the
+    provider, so from here the deployment answers while Serve has it running.
+    """
+
+    dim: int
+    token_budget: int
+    device_name: str
+    parallel_batches: int = 1
+
+    def health(self) -> bool:
+        return True
+
+
+@dataclass(eq=False)
+class RayDeployment:
+    config: ModelConfig
+    card: ModelCard | None
+    state: str = "loading"                  # loading | ready | failed
+    error: str | None = None
+    exception: BaseException | None = None
+    recipe: Recipe | None = None
+    engine: ReplicaEngine | None = None
+    scheduler: None = None                  # each replica has its own
+    handle: Any = None                      # ray.serve.handle.DeploymentHandle
+    owned: bool = False                     # deployed by this gateway: deleted when it stops
+    _connected: bool = False
+
+    @classmethod
+    def for_config(cls, config: ModelConfig) -> "RayDeployment":
+        return cls(config=config, card=find_card(config.card, config.name, config.weights, *config.aliases))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def app_name(self) -> str:
+        return app_name(self.config.name)
+
+    async def load(self, loader: ModelLoader, settings: Settings, metrics: Metrics | None) -> None:
+        """Deploy (or find) the replicas, wait until they serve, fetch the recipe; on failure record why."""
+        try:
+            await asyncio.to_thread(cluster.acquire, self.config.ray_address)
+            self._connected = True
+            self.handle, self.owned = await asyncio.to_thread(self._deploy, loader, settings)
+            info = await self.handle.info.remote()
+            self.recipe = await self.handle.recipe.remote()
+        except Exception as exc:  # keep serving the other models; /ready says why
+            log.exception("deploying model %s on Ray failed", self.name)
+            self.state, self.error, self.exception = "failed", str(exc) or type(exc).__name__, exc
+            await self.stop()
+            return
+        self.engine = ReplicaEngine(dim=info["dim"], token_budget=info["token_budget"],
+                                    device_name=f"Ray Serve ({info['device']})")
+        self.state = "ready"
+        log.info("model %s ready on Ray Serve: application %s, %s", self.name, self.app_name,
+                 describe_replicas(self.config))
+
+    def _deploy(self, loader: ModelLoader, settings: Settings) -> tuple[Any, bool]:
+        ray, serve = cluster.import_ray()
+        if not cluster.is_local():
+            running = serve.status().applications.get(self.app_name)
+            if running is not None and str(running.status).endswith("RUNNING"):
+                log.info("model %s: attaching to the running Serve application %s", self.name, self.app_name)
+                return serve.get_app_handle(self.app_name), False
+        else:
+            check_resources(self.config, ray.cluster_resources())
+        app = build_application(self.config, settings, loader)
+        return serve.run(app, name=self.app_name, route_prefix=None), True
+
+    async def stop(self) -> None:
+        """Delete what this gateway deployed (Serve drains the replicas' requests), then let go of Ray."""
+        if not self._connected:
+            return
+        self._connected = False
+        if self.owned and not cluster.is_local():   # a local instance goes with everything on it
+            _, serve = cluster.import_ray()
+            try:
+                await asyncio.to_thread(serve.delete, self.app_name)
+            except Exception:
+                log.exception("deleting the Serve application %s failed", self.app_name)
+        await asyncio.to_thread(cluster.release)
+
+
+def app_name(model: str) -> str:
+    return "gigarouter-" + re.sub(r"[^A-Za-z0-9_.-]", "-", model)
+
+
+def build_application(config: ModelConfig, settings: Settings, loader: ModelLoader):
+    """The Serve application for one model: ``EmbeddingReplica`` with this model's resources and scaling."""
+    _, serve = cluster.import_ray()
+    from gigarouter.providers.ray.replica import EmbeddingReplica
+
+    # Replicas need what loading and scheduling read, never the gateway's secrets or other models.
+    replica_settings = settings.with_(models=(config,), providers=(), database_url=None, redis_url=None,
+                                      server_secret=None)
+    deployment = serve.deployment(EmbeddingReplica).options(**deployment_options(config, settings))
+    return deployment.bind(config, replica_settings, loader)
+
+
+def deployment_options(config: ModelConfig, settings: Settings) -> dict[str, Any]:
+    """Serve's options for a model's deployment, from its ``[[models]]`` entry."""
+    ongoing = max_ongoing_requests(config, settings)
+    options: dict[str, Any] = {
+        "name": app_name(config.name),
+        "ray_actor_options": {"num_cpus": config.cpus_per_replica, "num_gpus": config.gpus_per_replica},
+        "max_ongoing_requests": ongoing,
+        # Waiting requests stay in the gateway's handle, unbounded, until a replica has room;
+        # each replica's own queue bound (max_queued_tokens) answers 429 when it is full.
+        "max_queued_requests": -1,
+        "health_check_period_s": 5.0,
+        "graceful_shutdown_timeout_s": 30.0,
+        # Serve's access log writes a line per request in the replica: not at this rate.
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+    }
+    if isinstance(config.replicas, Autoscaling):
+        target = config.replicas.target_ongoing_requests or max(1, ongoing // 2)
+        options["autoscaling_config"] = {"min_replicas": config.replicas.min, "max_replicas": config.replicas.max,
+                                         "initial_replicas": config.replicas.min,
+                                         "target_ongoing_requests": target}
+    else:
+        options["num_replicas"] = config.replicas or 1
+    return options
+
+
+def max_ongoing_requests(config: ModelConfig, settings: Settings) -> int:
+    """Requests one replica holds at once: enough short requests to fill two batches of its token budget.
+
+    Serve's default (5) would hand a replica five requests at a time, so its scheduler could
+    never batch more than five queries however large its budget.
+    """
+    if config.max_ongoing_requests is not None:
+        return config.max_ongoing_requests
+    from gigarouter.engine.runner import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET
+
+    budget = config.token_budget or settings.batch_token_budget or (
+        GPU_TOKEN_BUDGET if config.gpus_per_replica else CPU_TOKEN_BUDGET)
+    return max(16, 2 * budget // _SHORT_REQUEST_TOKENS)
+
+
+def check_resources(config: ModelConfig, available: dict[str, float]) -> None:
+    """On a local instance, a deployment that cannot fit would wait forever: say so at once."""
+    count = config.replicas.min if isinstance(config.replicas, Autoscaling) else (config.replicas or 1)
+    for resource, each in (("CPU", config.cpus_per_replica), ("GPU", config.gpus_per_replica)):
+        have = available.get(resource, 0.0)
+        if count * each > have:
+            raise RuntimeError(f"model {config.name!r}: {count} replica(s) x {each:g} {resource} do not fit on this "
+                               f"machine's local Ray instance ({have:g} {resource}); lower replicas, num_cpus or "
+                               "num_gpus, or join a cluster with ray_address")
+
+
+def describe_replicas(config: ModelConfig) -> str:
+    scaling = config.replicas
+    count = (f"{scaling.min}-{scaling.max} replicas (autoscaling)" if isinstance(scaling, Autoscaling)
+             else f"{scaling or 1} replica(s)")
+    return f"{count}, {config.cpus_per_replica:g} CPU and {config.gpus_per_replica:g} GPU each"

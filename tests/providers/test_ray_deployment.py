@@ -1,0 +1,48 @@
+"""What a ``runtime = "ray"`` model entry becomes in Ray Serve's options (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gigarouter.providers.ray.deployment import app_name, check_resources, deployment_options
+from gigarouter.settings import Autoscaling, ModelConfig, Settings
+
+
+def ray_model(**changes) -> ModelConfig:
+    return ModelConfig(**{"name": "mini", "recipe": "sbert", "weights": "w", "runtime": "ray", **changes})
+
+
+def test_serve_options_from_the_model_entry():
+    options = deployment_options(ray_model(replicas=2, num_cpus=2, num_gpus=1), Settings())
+    assert options["num_replicas"] == 2
+    assert options["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 1.0}
+    assert options["name"] == app_name("mini") == "gigarouter-mini"
+    assert options["logging_config"]["enable_access_log"] is False
+
+
+def test_max_ongoing_requests_fills_two_batches_of_short_requests():
+    # Serve's default of 5 would cap a replica's batches at five queries.
+    assert deployment_options(ray_model(), Settings())["max_ongoing_requests"] == 2 * 1024 // 16   # CPU budget
+    assert deployment_options(ray_model(num_gpus=1), Settings())["max_ongoing_requests"] == 2 * 32768 // 16
+    assert deployment_options(ray_model(token_budget=4096), Settings())["max_ongoing_requests"] == 512
+    assert deployment_options(ray_model(), Settings(batch_token_budget=128))["max_ongoing_requests"] == 16
+    assert deployment_options(ray_model(max_ongoing_requests=7), Settings())["max_ongoing_requests"] == 7
+    # autoscaling aims at half of it unless told
+    scaled = deployment_options(ray_model(replicas=Autoscaling(min=1, max=3)), Settings())
+    assert scaled["autoscaling_config"]["target_ongoing_requests"] == 64
+
+
+def test_a_deployment_too_large_for_the_local_instance_fails_at_once():
+    check_resources(ray_model(replicas=2), {"CPU": 2.0})
+    with pytest.raises(RuntimeError, match=r"2 replica\(s\) x 1 GPU do not fit .* \(0 GPU\)"):
+        check_resources(ray_model(replicas=2, num_gpus=1), {"CPU": 8.0})
+    with pytest.raises(RuntimeError, match=r"3 replica\(s\) x 1 CPU"):
+        check_resources(ray_model(replicas=Autoscaling(min=3, max=4)), {"CPU": 2.0})
+
+
+def test_autoscaling_becomes_serves_autoscaling_config():
+    options = deployment_options(ray_model(replicas=Autoscaling(min=1, max=4, target_ongoing_requests=32)),
+                                 Settings())
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+                                             "target_ongoing_requests": 32}
