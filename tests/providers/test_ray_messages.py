@@ -74,7 +74,7 @@ def provider_with(outcomes: list):
 
 def answer(replica: str) -> dict:
     return {"vectors": np.ones((3, 4), dtype=np.float32), "timings": {"queue": 0.001, "inference": 0.002},
-            "replica": replica}
+            "replica": replica, "seconds": 0.004}
 
 
 CALL = EmbedCall(texts=["a", "b", "c"], token_ids=None, items=ITEMS, tokens=7)

@@ -3,8 +3,8 @@
 The route prepares the call with the recipe fetched from a replica (exact token
 ids and pooled spans); this sends them through the Serve handle, which picks a
 replica, and returns its vectors with the replica's name (``x-gigarouter-replica``)
-and its stage timings plus the hop's own (``hop``: the round trip less the
-replica's queue and inference time).
+and its stage timings plus the hop's own (``hop``: the round trip less the time
+the request spent inside the replica).
 
 A replica that dies holding a request fails it with ``ActorDiedError``, and
 Serve's handle does not retry. Embeddings are pure, so this retries on another
@@ -79,7 +79,7 @@ class RayProvider:
                 continue
             elapsed = time.perf_counter() - started
             timings = dict(answer.get("timings") or {})
-            timings["hop"] = max(0.0, elapsed - sum(timings.values()))
+            timings["hop"] = max(0.0, elapsed - answer.get("seconds", sum(timings.values())))
             return ProviderResult(answer["vectors"], timings=timings, replica=answer["replica"])
 
     async def _call(self, packed: Packed, interactive: bool, remaining: float) -> dict:

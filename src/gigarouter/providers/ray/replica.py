@@ -18,6 +18,7 @@ when the gateway deploys it (``providers/ray/deployment.py``).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,11 +95,13 @@ class EmbeddingReplica:
         items = packed.items()
         call = EmbedCall(texts=None, token_ids=None, items=items, tokens=int(packed.lengths.sum()),
                          interactive=interactive)
+        started = time.perf_counter()
         try:
             result = await self.local.embed(call, model=self.model, timeout_s=timeout_s)
         except errors.GigarouterError as exc:
             return {"error": error_message(exc), "replica": self.replica}
-        return {"vectors": result.vectors, "timings": result.timings, "replica": self.replica}
+        return {"vectors": result.vectors, "timings": result.timings, "replica": self.replica,
+                "seconds": time.perf_counter() - started}   # all of it here, batches split apart included
 
     def recipe(self):
         """The loaded recipe (tokenizer included), for the gateway to tokenize exactly as this replica would."""
