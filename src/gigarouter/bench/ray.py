@@ -10,9 +10,12 @@ One ``gigarouter serve`` process serves the embedded all-MiniLM-L6-v2 four times
 A replica runs as many torch threads as its whole CPUs (Ray sets ``OMP_NUM_THREADS``).
 So that every round can visit every target, the benchmark starts its own Ray head
 (``ray start --head --block``, 5 logical CPUs on this machine's cores, ports moved off
-Ray's defaults, in its own session, stopped at the end) and the gateway joins it with
-``ray_address``: the path a gateway takes to a cluster. Only the target under load works;
-the others idle (Serve's health checks).
+Ray's defaults, stopped at the end) and the gateway joins it with ``ray_address``: the
+path a gateway takes to a cluster. Only the target under load works; the others idle
+(Serve's health checks). The head and the gateway stay in the benchmark's session (each
+in its own process group): Linux gives a busy machine's CPU out per session (autogroup),
+so a head in a session of its own would get a second share that the in-process target
+does not, and Ray would look faster than it is.
 
 Per round: concurrency 1, one query per request, the four targets alternating request
 by request (latency, and the hop: ``ray-1x2`` minus ``in-process``, same seconds; the
@@ -99,7 +102,7 @@ def run_ray_bench(opts: RayBenchOptions, *, command: str = "", log=print) -> dic
         (work / "gigarouter.toml").write_text(config_toml(work / "data", head.address))
         spec = srv.gigarouter_spec(opts.port, name="gigarouter-ray", config=work / "gigarouter.toml", env=env)
         log(f"starting {' '.join(spec.argv)}")
-        server = srv.start(spec, log_dir=srv.default_log_dir(), timeout=900)
+        server = srv.start(spec, log_dir=srv.default_log_dir(), timeout=900, own_session=False)
         result["startup_s"] = server.startup_seconds
         roots = (server.pid, head.process.pid)
         targets = {name: Target(spec.url, model, "/v1/embeddings") for name, (model, _, _) in TARGETS.items()}
@@ -128,7 +131,7 @@ class Head:
     argv: list[str]
 
     def stop(self, grace: float = 30.0) -> None:
-        """``ray start --block`` and every process it started (workers leave its group, not its tree)."""
+        """``ray start --block`` and every process it started (workers leave its process group, not its tree)."""
         started = descendants(self.process.pid) - {self.process.pid}
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -161,7 +164,7 @@ def start_head(work: Path, *, env: dict[str, str], log) -> Head:
                 **{name: str(free_port()) for name in PORT_VARIABLES}}
     log(f"starting a Ray head: {' '.join(argv)}")
     with open(work / "ray-head.log", "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=head_env, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=head_env, process_group=0)
     head = Head(proc, f"127.0.0.1:{port}", argv)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -232,6 +235,10 @@ def summarize(runs: list[dict]) -> dict:
                                                             for r in rows)
                                        for k in (rows[0].get("stages_ms_mean") or {})},
                     "cpu_ms_per_input": _median([r.get("cpu_ms_per_input") for r in rows]),
+                    # CPU the gateway's and the head's processes got per second: on a shared machine,
+                    # what a target could use, whatever its replicas asked for
+                    "cores_used": _median([r["cpu_ms_per_input"] * r["inputs_per_s"] / 1000 for r in rows
+                                           if r.get("cpu_ms_per_input") is not None]),
                 }
 
     def per_round(fn) -> list[float]:
@@ -285,9 +292,10 @@ def markdown(result: dict) -> str:
                 hop = m["stages_ms_mean"].get("hop")
                 rows.append((label, target, m["inputs_per_s"], m["tokens_per_s"], m["p50_ms"], m["p99_ms"],
                              "-" if hop is None else f"{hop:.2f}",
-                             "-" if m["cpu_ms_per_input"] is None else f"{m['cpu_ms_per_input']:.2f}"))
+                             "-" if m["cpu_ms_per_input"] is None else f"{m['cpu_ms_per_input']:.2f}",
+                             "-" if m["cores_used"] is None else f"{m['cores_used']:.2f}"))
     table = report.table(["load", "target", "inputs/s", "tokens/s", "p50 ms", "p99 ms", "hop ms (mean)",
-                          "CPU ms/input"], rows)
+                          "CPU ms/input", "cores used"], rows)
     ratios = report.table(["ratio (median of rounds)", "value", "per round"],
                           [(k, "-" if v is None else f"{v:.3f}",
                             ", ".join(f"{x:.3f}" for x in s["per_round"][k])) for k, v in s["ratios"].items()])
