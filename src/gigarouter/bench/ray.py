@@ -148,6 +148,14 @@ class Head:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # `ray start` records its address for later `ray.init()` calls on this machine; a killed
+        # head cannot take it back, and a driver would then try to join a dead cluster.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        try:
+            if current.read_text().strip().endswith(":" + self.address.rsplit(":", 1)[1]):
+                current.unlink()
+        except OSError:
+            pass
 
 
 def start_head(work: Path, *, env: dict[str, str], log) -> Head:

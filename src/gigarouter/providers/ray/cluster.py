@@ -2,9 +2,10 @@
 
 Every ``runtime = "ray"`` model shares it (settings check they name the same
 ``ray_address``); the first model to load opens it, the last to stop closes it.
-A local instance is ours: it binds its ports on this machine, runs no dashboard
-and no Serve HTTP proxy (the gateway reaches replicas through handles only), and
-is shut down with the server. A joined cluster is not ours: we only disconnect.
+A local instance is ours: always a new one (never a cluster ``ray start`` left
+running, nor ``RAY_ADDRESS``'s), it runs no dashboard and no Serve HTTP proxy (the
+gateway reaches replicas through handles only), and it is shut down with the
+server. A joined cluster is not ours: we only disconnect.
 
 Ports. Ray picks free ports for most of its processes, but a few have fixed
 defaults that two instances on one machine would both claim (Ray 2.60: the
@@ -94,7 +95,9 @@ def _start_local(ray) -> None:
     for name in PORT_VARIABLES:
         os.environ.setdefault(name, str(free_port()))
     with _agent_port(free_port()):
-        ray.init(namespace="gigarouter", include_dashboard=False, logging_level=logging.WARNING,
+        # "local": a new instance, always. Without an address Ray would join the last cluster
+        # `ray start` left on this machine, or the one RAY_ADDRESS names.
+        ray.init(address="local", namespace="gigarouter", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}})
     log.info("started a local Ray instance (%s CPUs, %s GPUs)", ray.cluster_resources().get("CPU", 0),
              ray.cluster_resources().get("GPU", 0))
