@@ -64,3 +64,35 @@ def test_an_application_declared_outside_gigarouter_builds_from_its_args():
     with pytest.raises(ValueError, match="not read by replicas: database_url"):
         app_builder({"model": {"name": "m", "recipe": "sbert", "weights": "w"},
                      "settings": {"database_url": "postgresql://x"}})
+
+
+class FakeServe:
+    """``serve.status()`` answers the scripted application states in turn (None: no such application)."""
+
+    def __init__(self, states: list) -> None:
+        self.states, self.handles = list(states), []
+
+    def status(self):
+        from types import SimpleNamespace
+
+        state = self.states.pop(0)
+        apps = {} if state is None else {"gigarouter-mini": SimpleNamespace(status=state, message="boom")}
+        return SimpleNamespace(applications=apps)
+
+    def get_app_handle(self, name):
+        self.handles.append(name)
+        return f"handle:{name}"
+
+
+def test_a_gateway_attaches_to_an_application_the_cluster_has_once_it_runs():
+    from gigarouter.providers.ray.deployment import attach
+
+    waits = []
+    serve = FakeServe(["DEPLOYING", "DEPLOYING", "RUNNING"])
+    assert attach(serve, "gigarouter-mini", sleep=waits.append) == "handle:gigarouter-mini"
+    assert len(waits) == 2
+    assert attach(FakeServe(["UNHEALTHY"]), "gigarouter-mini") == "handle:gigarouter-mini"
+    assert attach(FakeServe([None]), "gigarouter-mini") is None                       # not there: deploy it
+    assert attach(FakeServe(["DELETING", None]), "gigarouter-mini", sleep=waits.append) is None
+    with pytest.raises(RuntimeError, match="failed to deploy: boom"):
+        attach(FakeServe(["DEPLOY_FAILED"]), "gigarouter-mini")

@@ -6,10 +6,10 @@ then ``ready`` with the recipe fetched from a replica, so the gateway tokenizes
 and counts tokens exactly as the replicas would without holding the weights;
 ``failed`` with the reason otherwise, while the other models keep serving.
 
-On a local instance, or on a cluster where no application of that name runs,
+On a local instance, or on a cluster that has no application of that name,
 the gateway deploys it (``serve.run``) and deletes it when it stops. On a
-cluster where it already runs (declared in a KubeRay RayService, or deployed by
-another gateway) the gateway attaches to it and leaves it running.
+cluster that has it (declared in a KubeRay RayService, or deployed by another
+gateway) the gateway waits until it runs, attaches to it and leaves it running.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +100,10 @@ class RayDeployment:
     def _deploy(self, loader: ModelLoader, settings: Settings) -> tuple[Any, bool]:
         ray, serve = cluster.import_ray()
         if not cluster.is_local():
-            running = serve.status().applications.get(self.app_name)
-            if running is not None and str(running.status).endswith("RUNNING"):
-                log.info("model %s: attaching to the running Serve application %s", self.name, self.app_name)
-                return serve.get_app_handle(self.app_name), False
+            handle = attach(serve, self.app_name)
+            if handle is not None:
+                log.info("model %s: attached to the Serve application %s", self.name, self.app_name)
+                return handle, False
         else:
             check_resources(self.config, ray.cluster_resources())
         app = build_application(self.config, settings, loader)
@@ -120,6 +121,26 @@ class RayDeployment:
             except Exception:
                 log.exception("deleting the Serve application %s failed", self.app_name)
         await asyncio.to_thread(cluster.release)
+
+
+def attach(serve, name: str, *, poll_s: float = 2.0, sleep=time.sleep):
+    """A handle to the application ``name`` if the cluster has it (waiting while it deploys), else None.
+
+    An application declared on the cluster (a RayService) or deployed by another gateway is
+    used as it is: deploying over it would fight its owner. One being deleted is waited
+    out, then deployed anew; one whose deploy failed is an error with Serve's message.
+    """
+    while True:
+        app = serve.status().applications.get(name)
+        if app is None:
+            return None
+        status = str(getattr(app.status, "value", app.status)).rsplit(".", 1)[-1]
+        if status in ("RUNNING", "UNHEALTHY"):      # unhealthy: some replicas are being replaced
+            return serve.get_app_handle(name)
+        if status == "DEPLOY_FAILED":
+            raise RuntimeError(f"the Serve application {name} failed to deploy: {app.message}")
+        log.info("Serve application %s is %s; waiting", name, status.lower())
+        sleep(poll_s)
 
 
 def app_name(model: str) -> str:
