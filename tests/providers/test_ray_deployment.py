@@ -96,3 +96,18 @@ def test_a_gateway_attaches_to_an_application_the_cluster_has_once_it_runs():
     assert attach(FakeServe(["DELETING", None]), "gigarouter-mini", sleep=waits.append) is None
     with pytest.raises(RuntimeError, match="failed to deploy: boom"):
         attach(FakeServe(["DEPLOY_FAILED"]), "gigarouter-mini")
+
+
+def test_without_ray_installed_the_model_fails_with_the_extra_to_install(monkeypatch):
+    import asyncio
+
+    from gigarouter.providers.ray import cluster
+    from gigarouter.providers.ray.deployment import RayDeployment
+
+    def missing():
+        raise RuntimeError(cluster.INSTALL_HINT)
+
+    monkeypatch.setattr(cluster, "import_ray", missing)
+    dep = RayDeployment.for_config(ray_model())
+    asyncio.run(dep.load(lambda config, settings: None, Settings(), None))
+    assert dep.state == "failed" and "pip install 'gigarouter[ray]'" in dep.error
