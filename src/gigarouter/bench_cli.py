@@ -238,6 +238,41 @@ def gateway(
 
 
 @app.command()
+def ray(
+    rounds: Annotated[int, typer.Option(help="Rounds; the target order rotates from round to round.")] = 3,
+    seconds: Annotated[float, typer.Option(help="Seconds per throughput run (at most 30).")] = 8.0,
+    latency_seconds: Annotated[float, typer.Option(help="Seconds per paired c=1 latency run (at most 30).")] = 8.0,
+    query_concurrency: Annotated[int, typer.Option(help="Clients of the one-query throughput run.")] = 32,
+    bulk_concurrency: Annotated[int, typer.Option(help="Clients of the bulk run.")] = 4,
+    bulk_inputs: Annotated[int, typer.Option(help="Texts per bulk request.")] = 32,
+    port: Annotated[int, typer.Option(help="The gateway's port.")] = 18500,
+    ray_auth_mode: Annotated[str, typer.Option(help="RAY_AUTH_MODE of the benchmark's own Ray head and "
+                                                    "gateway (loopback only).")] = "disabled",
+    out: OutOption = None,
+) -> None:
+    """The Ray runtime (1 and 2 replicas; 1 of 2 CPUs) against in-process, one gateway, one run: throughput, hop."""
+    from gigarouter.bench import report
+    from gigarouter.bench.ray import RayBenchOptions, markdown, run_ray_bench
+
+    try:
+        import ray as _ray  # noqa: F401
+    except ImportError:
+        raise typer.BadParameter("Ray is not installed: pip install 'gigarouter[ray]'") from None
+    opts = RayBenchOptions(rounds=max(1, rounds), seconds=min(seconds, 30.0),
+                           latency_seconds=min(latency_seconds, 30.0), query_concurrency=query_concurrency,
+                           bulk_concurrency=bulk_concurrency, bulk_inputs=bulk_inputs, port=port,
+                           auth_mode=ray_auth_mode)
+    result = run_ray_bench(opts, command=_command(), log=_log)
+    print(markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+    if not result["valid"]:
+        _log("some requests failed: the result is invalid")
+        raise typer.Exit(1)
+
+
+@app.command()
 def profile(
     py_spy: Annotated[Optional[Path], typer.Option(help="py-spy executable (default: on PATH).")] = None,
     seconds: Annotated[float, typer.Option(help="Seconds py-spy records per load (at most 20).")] = 10.0,

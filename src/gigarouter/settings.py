@@ -25,6 +25,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Where the per-input embedding cache keeps its entries (docs/cache.md); "off" turns it off.
 CACHE_STORES = ("memory", "redis", "file", "off")
 CACHE_SCOPES = ("account", "global")
+#: Where a ``[[models]]`` entry runs: in this process, or as a Ray Serve deployment.
+RUNTIMES = ("local", "ray")
+#: Keys of a ``[[models]]`` entry that only mean something with ``runtime = "ray"``.
+RAY_KEYS = ("replicas", "num_cpus", "num_gpus", "ray_address", "max_ongoing_requests")
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 #: Rate limits of a key that sets none of its own (requests and tokens per minute). High enough
@@ -45,6 +49,34 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Autoscaling:
+    """``replicas = { min = 1, max = 4, target_ongoing_requests = 64 }``: Ray Serve scales between min and max,
+    aiming at ``target_ongoing_requests`` requests in flight per replica (None: half of max_ongoing_requests)."""
+
+    min: int
+    max: int
+    target_ongoing_requests: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, model: str) -> "Autoscaling":
+        unknown = set(raw) - {"min", "max", "target_ongoing_requests"}
+        if unknown or not {"min", "max"} <= set(raw):
+            raise ConfigError(f"model {model!r}: replicas is a whole number or a table with min, max and "
+                              f"optionally target_ongoing_requests (got {', '.join(sorted(raw)) or 'nothing'})")
+        scaling = cls(**raw)
+        if not (_whole(scaling.min) and _whole(scaling.max) and 1 <= scaling.min <= scaling.max):
+            raise ConfigError(f"model {model!r}: replicas needs whole numbers 1 <= min <= max")
+        target = scaling.target_ongoing_requests
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0):
+            raise ConfigError(f"model {model!r}: replicas.target_ongoing_requests must be > 0")
+        return scaling
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One ``[[models]]`` entry: a model served under ``name`` (and ``aliases``)."""
 
@@ -60,14 +92,24 @@ class ModelConfig:
     max_tokens: int | None = None     # override the recipe's context limit
     token_budget: int | None = None   # tokens per forward pass; default chosen by device
     price_per_million_usd: float | None = None  # what this deployment charges; default: the card's price
-    provider: str = "local"           # the provider name this deployment has in the model's route
+    provider: str | None = None       # its provider name in the model's route (default: the runtime's name)
     # What a token served from the embedding cache bills per 1M tokens (docs/cache.md).
     cached_price_per_million_usd: float = 0.0
     template: str | None = None       # llm2vec only: "inst" | "none"; default: decided by the model's identity
+    # Where it runs (docs/deploy.md): "local" in this process, "ray" as a Ray Serve deployment whose
+    # replicas each load the model and run the same scheduler and engine. The rest apply to "ray" only.
+    runtime: str = "local"
+    replicas: int | Autoscaling | None = None    # a count (default 1) or Autoscaling(min, max, target)
+    num_cpus: float | None = None     # CPUs per replica (default 1: one torch thread on CPU)
+    num_gpus: float | None = None     # GPUs per replica (default 0); set 1 to give each replica a GPU
+    ray_address: str | None = None    # None: start a local Ray instance; "auto" or "ray://head:10001": join one
+    max_ongoing_requests: int | None = None   # requests one replica holds at once (default from the token budget)
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("a model needs a name")
+        if self.provider is None:
+            object.__setattr__(self, "provider", "ray" if self.runtime == "ray" else "local")
         if not self.provider or not PROVIDER_NAME.fullmatch(self.provider):
             raise ConfigError(f"model {self.name!r}: provider must be letters, digits, '-', '_' or '.'")
         if self.recipe not in RECIPES:
@@ -85,6 +127,43 @@ class ModelConfig:
                 raise ConfigError(f"model {self.name!r}: template must be one of {', '.join(TEMPLATES)}")
             if self.recipe != "llm2vec":
                 raise ConfigError(f"model {self.name!r}: template applies to the llm2vec recipe only")
+        self._check_runtime()
+
+    def _check_runtime(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"model {self.name!r}: runtime must be one of {', '.join(RUNTIMES)}")
+        if self.runtime != "ray":
+            given = [key for key in RAY_KEYS if getattr(self, key) is not None]
+            if given:
+                raise ConfigError(f"model {self.name!r}: {', '.join(given)} only apply to runtime = \"ray\"")
+            return
+        if self.replicas is not None and not isinstance(self.replicas, Autoscaling) and not (
+                _whole(self.replicas) and self.replicas >= 1):
+            raise ConfigError(f"model {self.name!r}: replicas must be a whole number >= 1 or a table "
+                              "{ min, max, target_ongoing_requests }")
+        for key, low in (("num_cpus", 0.0), ("num_gpus", 0.0)):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low
+                                      or (key == "num_cpus" and value == 0)):
+                raise ConfigError(f"model {self.name!r}: {key} must be a number "
+                                  f"{'> 0' if key == 'num_cpus' else '>= 0'}")
+        if self.device.startswith("cuda") and not self.gpus_per_replica:
+            raise ConfigError(f"model {self.name!r}: device = {self.device!r} with runtime = \"ray\" needs "
+                              "num_gpus > 0 (Ray shows a replica only the GPUs it reserved)")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(f"model {self.name!r}: ray_address must be an address such as \"auto\" or "
+                              "\"ray://head:10001\"")
+        if self.max_ongoing_requests is not None and not (
+                _whole(self.max_ongoing_requests) and self.max_ongoing_requests >= 1):
+            raise ConfigError(f"model {self.name!r}: max_ongoing_requests must be a whole number >= 1")
+
+    @property
+    def cpus_per_replica(self) -> float:
+        return 1.0 if self.num_cpus is None else float(self.num_cpus)
+
+    @property
+    def gpus_per_replica(self) -> float:
+        return 0.0 if self.num_gpus is None else float(self.num_gpus)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
@@ -92,6 +171,8 @@ class ModelConfig:
         for key in ("aliases", "adapters"):
             if key in values:
                 values[key] = tuple(values[key])
+        if isinstance(values.get("replicas"), dict):
+            values["replicas"] = Autoscaling.from_dict(values["replicas"], model=str(values.get("name")))
         return _build(cls, values, section="[[models]]")
 
 
@@ -335,6 +416,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     settings = Settings(**values)
     _check_unique_names(settings.models)
     _check_providers(settings)
+    _check_ray(settings.models)
     return settings
 
 
@@ -382,3 +464,12 @@ def _check_providers(settings: Settings) -> None:
     clash = sorted(n for n in names if n.lower() in local)
     if clash:
         raise ConfigError(f"provider name {clash[0]!r} names both a [[providers]] entry and a local model")
+
+
+def _check_ray(models: tuple[ModelConfig, ...]) -> None:
+    # One process holds one Ray connection: every Ray model runs on the same cluster.
+    addresses = {m.ray_address for m in models if m.runtime == "ray"}
+    if len(addresses) > 1:
+        shown = ", ".join(sorted(repr(a) if a else "a local instance (no ray_address)" for a in addresses))
+        raise ConfigError(f"models with runtime = \"ray\" must share one ray_address (one Ray connection per "
+                          f"process); they name {shown}")

@@ -29,8 +29,9 @@ import numpy as np
 import orjson
 
 PATHS = ("/v1/embeddings", "/embeddings")
-#: gigarouter's per-request stage timing headers (x-tokenize-time, ...), in milliseconds
-STAGES = ("tokenize", "queue", "inference")
+#: gigarouter's per-request stage timing headers (x-tokenize-time, ...), in milliseconds; ``hop`` is the
+#: Ray runtime's round trip to a replica less the replica's queue and inference time
+STAGES = ("tokenize", "queue", "inference", "hop")
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,45 @@ def group_cpu_seconds(pgid: int) -> float | None:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             found = True
     return total if found else None
+
+
+def tree_cpu_seconds(*roots: int) -> float | None:
+    """CPU seconds of live processes descended from ``roots`` (themselves included), whatever their group.
+
+    A Ray instance's workers and replicas leave the process group of the process that
+    started it, but stay its descendants (through the raylet).
+    """
+    used = _process_table()
+    wanted = descendants(*roots, table=used)
+    if not wanted:
+        return None
+    return sum(used[p][1] for p in wanted)
+
+
+def descendants(*roots: int, table: dict[int, tuple[int, float]] | None = None) -> set[int]:
+    """Live pids descended from ``roots``, themselves included."""
+    table = table if table is not None else _process_table()
+    wanted = {r for r in roots if r in table}
+    changed = bool(wanted)
+    while changed:
+        changed = False
+        for pid, (parent, _) in table.items():
+            if parent in wanted and pid not in wanted:
+                wanted.add(pid)
+                changed = True
+    return wanted
+
+
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used) for every live process."""
+    table: dict[int, tuple[int, float]] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return table

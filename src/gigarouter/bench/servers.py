@@ -73,8 +73,8 @@ def infinity_spec(port: int, *, infinity_bin: Path, model_dir: Path, batch_size:
                       embeddings_path="/embeddings", env={**base_env, **(env or {})})
 
 
-def start(spec: ServerSpec, *, log_dir: Path, timeout: float = 240.0) -> RunningServer:
-    return wait_ready(launch(spec, log_dir=log_dir), timeout=timeout)
+def start(spec: ServerSpec, *, log_dir: Path, timeout: float = 240.0, own_session: bool = True) -> RunningServer:
+    return wait_ready(launch(spec, log_dir=log_dir, own_session=own_session), timeout=timeout)
 
 
 def start_all(specs: list[ServerSpec], *, log_dir: Path, timeout: float = 240.0) -> list[RunningServer]:
@@ -88,12 +88,18 @@ def start_all(specs: list[ServerSpec], *, log_dir: Path, timeout: float = 240.0)
         raise
 
 
-def launch(spec: ServerSpec, *, log_dir: Path) -> RunningServer:
+def launch(spec: ServerSpec, *, log_dir: Path, own_session: bool = True) -> RunningServer:
+    """Start a server in its own process group; ``own_session=False`` keeps it in this session.
+
+    Linux schedules sessions as groups (autogroup): on a busy machine each session gets
+    about one share of the CPU, so servers compared with each other should share one.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}-{spec.port}.log"
     env = {**os.environ, **spec.env}
+    group = {"start_new_session": True} if own_session else {"process_group": 0}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env, **group)
     return RunningServer(spec, proc, log_path, launched_at=time.perf_counter())
 
 

@@ -1,1 +1,1 @@
-"""Providers: the one facade between the router and a backend (in-process engine, remote HTTP, later Ray)."""
+"""Providers: the one facade between the router and a backend (in-process engine, remote HTTP, Ray Serve)."""

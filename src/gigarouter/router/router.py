@@ -1,14 +1,15 @@
 """``Router``: every model this server answers for, as routes over providers, and their upkeep.
 
-Built once from the settings: each ``[[models]]`` entry is a local deployment
-(the provider ``local``, or its ``provider`` key), each ``[[providers]]`` entry a
-remote provider of the models it lists. At start the local deployments load in
+Built once from the settings: each ``[[models]]`` entry is a deployment of ours
+(the provider ``local``, or its ``provider`` key), in this process or, with
+``runtime = "ray"``, as Ray Serve replicas; each ``[[providers]]`` entry a
+remote provider of the models it lists. At start our deployments load in
 the background; then every route embeds the probe set on every provider
 (fingerprints) and again every ``fingerprint_interval_s``, and a one-second tick
 sends half-open probes to providers whose circuit breaker cooled down and to
 those never verified.
 
-The reference of a route is its local deployment when it has one, else the
+The reference of a route is its own deployment when it has one, else the
 largest group of providers whose probe vectors agree (ties: the first listed);
 a provider that disagrees is ``mismatch`` and never serves the model.
 """
@@ -32,11 +33,13 @@ from gigarouter.router.fingerprints import PROBES, agree, fingerprint, largest_a
 from gigarouter.router.health import Health
 from gigarouter.router.preferences import Preferences, split_model_suffix
 from gigarouter.router.route import Binding, Plan, Route
-from gigarouter.settings import Settings
+from gigarouter.settings import ModelConfig, Settings
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 1.0
+#: Provider kinds that run a ``[[models]]`` entry's own weights: a route's reference, never mismatched.
+_OWN_KINDS = ("local", "ray")
 
 
 class Router:
@@ -47,7 +50,7 @@ class Router:
         self.metrics = metrics
         # One per-input cache for every route (router/cache.py); None when the settings turn it off.
         self.cache = cache if cache is not None else build_cache(settings, metrics)
-        self.deployments = [Deployment.for_config(c) for c in settings.models]
+        self.deployments = [_deployment(c) for c in settings.models]
         self.remotes = remotes if remotes is not None else _remote_providers(settings)
         self.routes: list[Route] = []
         self._by_name: dict[str, Route] = {}
@@ -59,8 +62,8 @@ class Router:
 
     def _build_routes(self) -> None:
         for dep in self.deployments:
-            binding = Binding(LocalProvider(dep), price_per_million_usd=_price(dep.config.price_per_million_usd,
-                                                                              dep.card),
+            binding = Binding(_own_provider(dep), price_per_million_usd=_price(dep.config.price_per_million_usd,
+                                                                               dep.card),
                               health=self._health(), verified=True)
             aliases = (*dep.config.aliases, *_card_names(dep.card, (dep.name, *dep.config.aliases)))
             self._add(Route(name=dep.name, card=dep.card, bindings=[binding], aliases=aliases, local=dep,
@@ -160,7 +163,7 @@ class Router:
             return
         results = await asyncio.gather(*(self._probe(route, b) for b in route.bindings))
         answered = [(b, v) for b, v in zip(route.bindings, results) if v is not None]
-        local = next(((b, v) for b, v in answered if b.kind == "local"), None)
+        local = next(((b, v) for b, v in answered if b.kind in _OWN_KINDS), None)
         if local is not None:
             reference = local[1]
         elif answered:
@@ -197,7 +200,7 @@ class Router:
         was = binding.state
         binding.fingerprint = fingerprint(vectors)
         binding.dim = int(vectors[0].shape[1])
-        binding.mismatch = binding.kind != "local" and not agree(vectors, route.reference)
+        binding.mismatch = binding.kind not in _OWN_KINDS and not agree(vectors, route.reference)
         binding.verified = True
         if binding.state != was:
             log.info("model %s: provider %s is %s (fingerprint %s)", route.name, binding.name, binding.state,
@@ -205,7 +208,7 @@ class Router:
 
     async def _probe(self, route: Route, binding: Binding) -> list[np.ndarray] | None:
         """The provider's probe vectors, or None if it failed (which counts against its breaker)."""
-        if binding.kind == "local" and not getattr(binding.provider, "ready", True):
+        if binding.kind in _OWN_KINDS and not getattr(binding.provider, "ready", True):
             return None
         timeout = min(30.0, self.settings.request_timeout_s)
         try:
@@ -237,6 +240,22 @@ class Router:
         await asyncio.gather(*(p.close() for p in self.remotes.values()))
         if self.cache is not None:
             await self.cache.close()
+
+
+def _deployment(config: ModelConfig) -> Deployment:
+    if config.runtime == "ray":     # Ray is imported only when it loads (an optional extra)
+        from gigarouter.providers.ray.deployment import RayDeployment
+
+        return RayDeployment.for_config(config)
+    return Deployment.for_config(config)
+
+
+def _own_provider(dep: Deployment) -> Provider:
+    if dep.config.runtime == "ray":
+        from gigarouter.providers.ray.provider import RayProvider
+
+        return RayProvider(dep)
+    return LocalProvider(dep)
 
 
 def _remote_providers(settings: Settings) -> dict[str, Provider]:

@@ -1,0 +1,188 @@
+"""``runtime = "ray"`` end to end on a real local Ray: 2 replicas of the embedded all-minilm-l6-v2.
+
+One gateway (one Ray start and shutdown, ~30-60 s on 2 cores) serves the whole module:
+the replicas' vectors equal the in-process runtime's, both replicas serve, and a replica
+SIGKILLed under concurrent load costs no failed request (the last test: it kills one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from gigarouter.providers.ray.cluster import PORT_VARIABLES
+from gigarouter.providers.ray.deployment import app_name
+from gigarouter.settings import DEFAULT_MODEL_NAME, EMBEDDED_WEIGHTS, ModelConfig, Settings
+from tests.conftest import live_server
+
+pytest.importorskip("ray.serve", reason="Ray is not installed: pip install 'gigarouter[ray]' (the test extra has it)")
+
+pytestmark = pytest.mark.slow
+
+MODEL = DEFAULT_MODEL_NAME
+TEXTS = ["The food was delicious", "what is a llama?", "Ünïcödé ☃ and emoji 🦙", "x",
+         "a longer passage about llamas, alpacas and the Andes, " * 6]
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    """A gateway whose model runs as 2 Ray Serve replicas on a local Ray instance started for it."""
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", *PORT_VARIABLES)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"     # no token written under the home directory
+    config = ModelConfig(name=MODEL, recipe="sbert", weights=EMBEDDED_WEIGHTS, card=MODEL, runtime="ray",
+                         replicas=2, num_cpus=1)
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="gigarouter-ray-")), models=(config,),
+                        request_timeout_s=60.0)
+    try:
+        with live_server(settings) as base:
+            yield base
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def embed(base: str, inputs, *, client: httpx.Client | None = None) -> httpx.Response:
+    body = {"model": MODEL, "input": inputs, "encoding_format": "base64"}
+    return (client or httpx).post(f"{base}/v1/embeddings", json=body, timeout=60)
+
+
+def vectors(response: httpx.Response) -> np.ndarray:
+    import base64
+
+    assert response.status_code == 200, response.text
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in response.json()["data"]])
+
+
+def test_vectors_counts_and_fingerprint_equal_the_in_process_runtime(gateway, real_client):
+    local = real_client.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS, "encoding_format": "base64"})
+    ray = embed(gateway, TEXTS)
+    assert ray.headers["x-gigarouter-provider"] == "ray" and ray.headers["x-gigarouter-replica"]
+    np.testing.assert_allclose(vectors(ray), vectors(local), rtol=0, atol=1e-6)
+    assert ray.json()["usage"] == local.json()["usage"]                  # counted in the gateway, exactly
+    assert ray.headers["x-gigarouter-fingerprint"] == local.headers["x-gigarouter-fingerprint"]
+    assert {"x-tokenize-time", "x-queue-time", "x-inference-time", "x-hop-time"} <= set(ray.headers)
+    ids = [[101, 7592, 2088, 102]]   # token ids pass through the gateway's recipe too
+    by_ids = embed(gateway, ids)
+    local_ids = real_client.post("/v1/embeddings", json={"model": MODEL, "input": ids, "encoding_format": "base64"})
+    np.testing.assert_allclose(vectors(by_ids), vectors(local_ids), rtol=0, atol=1e-6)
+    (provider,) = httpx.get(f"{gateway}/v1/models/{MODEL}", timeout=10).json()["providers"]
+    assert (provider["name"], provider["kind"], provider["state"]) == ("ray", "ray", "healthy")
+
+
+def test_both_replicas_serve(gateway):
+    seen: Counter[str] = Counter()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            for i in range(10):
+                r = embed(gateway, [f"query {i}"], client=http)
+                assert r.status_code == 200, r.text
+                seen[r.headers["x-gigarouter-replica"]] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sum(seen.values()) == 40 and len(seen) == 2, seen
+
+
+CLIENTS = 6
+MAX_REQUESTS = 3000
+BEFORE_KILL = 30
+AFTER_KILL = 60
+
+
+def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
+    from ray import serve
+
+    text = ["the llama survived the kill"]
+    reference = vectors(embed(gateway, text))
+    handle = serve.get_app_handle(app_name(MODEL))
+    pids = {}
+    for _ in range(40):
+        info = handle.info.remote().result(timeout_s=30)
+        pids[info["replica"]] = info["pid"]
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, pids
+    victim = next(iter(pids))
+
+    results: list[tuple[int, str | None, float]] = []     # status, replica, seconds since the kill
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    killed_at: list[float] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                with lock:
+                    if len(results) + len(failures) >= MAX_REQUESTS:
+                        return
+                try:
+                    r = embed(gateway, text, client=http)
+                except httpx.HTTPError as exc:
+                    with lock:
+                        failures.append(repr(exc))
+                    continue
+                # batched with other requests, a vector may differ from the lone one in the last bits
+                same = r.status_code == 200 and np.allclose(vectors(r), reference, rtol=0, atol=1e-6)
+                since = time.monotonic() - killed_at[0] if killed_at else -1.0
+                with lock:
+                    results.append((r.status_code, r.headers.get("x-gigarouter-replica"), since))
+                    if not same:
+                        failures.append(f"{r.status_code}: {r.text[:300]}")
+
+    def answered_since_kill() -> int:
+        with lock:
+            return sum(since >= 0 for *_, since in results)
+
+    def replaced() -> bool:     # Serve started a third replica in the victim's place and it served
+        with lock:
+            return len({replica for _, replica, _ in results} - set(pids)) > 0
+
+    caplog.set_level(logging.WARNING, logger="gigarouter.providers.ray.provider")
+    workers = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for w in workers:
+        w.start()
+    try:
+        _wait(lambda: len(results) >= BEFORE_KILL or failures, 120, "answers before the kill")
+        os.kill(pids[victim], signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        _wait(lambda: (answered_since_kill() >= AFTER_KILL and replaced()) or failures, 150,
+              "answers after the kill and a replacement replica")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=90)
+
+    assert not failures, failures[:3]
+    assert all(status == 200 for status, _, _ in results) and len(results) <= MAX_REQUESTS
+    retried = [r for r in caplog.records if "sending the request again" in r.getMessage()]
+    assert retried, "no request was in flight on the killed replica"
+    late = [replica for _, replica, since in results if since > 5.0]
+    assert victim not in late          # its in-flight requests were answered elsewhere, then it was gone
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
