@@ -168,6 +168,11 @@ class Settings:
     # per torch thread, i.e. per core). 1 runs one batch at a time over every core.
     cpu_parallel_batches: int | None = None
 
+    # Start-up: by default a configured model that fails to load stops `gigarouter serve` (exit
+    # status 1); true keeps serving the models that did load (/ready then reports the failed one
+    # in its body without holding readiness back).
+    keep_serving_on_load_failure: bool = False
+
     # Storage and downloads.
     data_dir: Path = field(default_factory=default_data_dir)
     cache_dir: Path | None = None          # Hugging Face cache; None = HF default

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,8 +19,11 @@ async def health() -> dict:
 
 
 @router.get("/ready")
-async def ready(models: RouterDep) -> Response:
+async def ready(request: Request, models: RouterDep) -> Response:
     """200 once every local model is loaded and warmed up, its device answers, and every route was probed.
+
+    With ``keep_serving_on_load_failure`` a model that failed to load is reported in the body
+    and does not hold readiness back.
 
     A route whose remote providers are all down does not hold readiness back (this
     server can still serve the others); its state is in the body and in /v1/models.
@@ -39,7 +42,9 @@ async def ready(models: RouterDep) -> Response:
         else:
             state = "ready"
         states[route.name] = state
-    if all(state == "ready" for state in states.values()):
+    # keep_serving_on_load_failure: a model that failed to load no longer holds readiness back.
+    keep = request.app.state.settings.keep_serving_on_load_failure
+    if all(state == "ready" or (keep and state.startswith("failed")) for state in states.values()):
         providers = {r.name: {b.name: b.state for b in r.bindings} for r in models.routes}
         return JSONResponse({"status": "ready", "models": states, "providers": providers})
     waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")
