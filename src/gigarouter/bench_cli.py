@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="Benchmarks: engine throughput, HTTP load, query latency, comparison with peers.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None)
 console = Console(stderr=True)
 
 OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the JSON result here.")]

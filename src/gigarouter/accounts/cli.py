@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
+from rich.markup import escape
 
 from gigarouter.accounts import keys, migrations
 from gigarouter.accounts.db import is_sqlite, make_engine
@@ -25,11 +25,12 @@ from gigarouter.accounts.store import AccountStore, CreatedKey, KeyInfo, KeySpec
 from gigarouter.accounts.tables import utcnow
 from gigarouter.errors import GigarouterError
 from gigarouter.settings import ConfigError, Settings, load_settings
+from gigarouter.tables import print_table
 
-accounts_app = typer.Typer(help="Create and list accounts.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-credits_app = typer.Typer(help="Grant credit.", no_args_is_help=True)
-db_app = typer.Typer(help="Migrate the accounts database.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Create and list accounts.", no_args_is_help=True, rich_markup_mode=None)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True, rich_markup_mode=None)
+credits_app = typer.Typer(help="Grant credit.", no_args_is_help=True, rich_markup_mode=None)
+db_app = typer.Typer(help="Migrate the accounts database.", no_args_is_help=True, rich_markup_mode=None)
 
 err = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -58,7 +59,7 @@ def _store(database_url: str | None, data_dir: Path | None) -> Iterator[AccountS
         finally:
             engine.dispose()
     except (GigarouterError, ConfigError, ValueError) as exc:
-        err.print(f"[red]error:[/] {getattr(exc, 'message', exc)}")
+        err.print(f"[red]error:[/] {escape(str(getattr(exc, 'message', exc)))}")
         raise typer.Exit(1) from None
 
 
@@ -102,11 +103,9 @@ def accounts_list(limit: Annotated[int, typer.Option(help="At most this many.")]
     """List accounts with their balances."""
     with _store(database_url, data_dir) as store:
         accounts = store.list_accounts(limit=limit)
-    table = Table(Column("id", no_wrap=True), "email", "balance (USD)", "created", "status")
-    for a in accounts:
-        table.add_row(a.id, a.email or "", format_usd(a.balance_micro), f"{a.created_at:%Y-%m-%d %H:%M}",
-                      "disabled" if a.disabled else "active")
-    out.print(table)
+    rows = [(a.id, a.email or "", format_usd(a.balance_micro), f"{a.created_at:%Y-%m-%d %H:%M}",
+             "disabled" if a.disabled else "active") for a in accounts]
+    print_table(out, ("id", "email", "balance (USD)", "created", "status"), rows, no_wrap=("id",))
 
 
 @keys_app.command("create")
@@ -132,13 +131,11 @@ def keys_list(account: Annotated[Optional[str], typer.Option(help="Only this acc
     """List keys (prefixes only; secrets are never stored)."""
     with _store(database_url, data_dir) as store:
         rows = store.list_keys(account)
-    table = Table(Column("id", no_wrap=True), Column("key", no_wrap=True), Column("account", no_wrap=True),
-                  "name", "scopes", "status", "spent (USD)", "rpm/tpm", "last used")
-    for k in rows:
-        table.add_row(k.id, k.display, k.account_id, k.name or "", " ".join(sorted(k.scopes)), _status(k),
-                      format_usd(k.spent_micro), f"{k.rpm or '-'}/{k.tpm or '-'}",
-                      f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never")
-    out.print(table)
+    table = [(k.id, k.display, k.account_id, k.name or "", " ".join(sorted(k.scopes)), _status(k),
+              format_usd(k.spent_micro), f"{k.rpm or '-'}/{k.tpm or '-'}",
+              f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never") for k in rows]
+    print_table(out, ("id", "key", "account", "name", "scopes", "status", "spent (USD)", "rpm/tpm", "last used"),
+                table, no_wrap=("id", "key", "account"))
 
 
 def _status(key: KeyInfo) -> str:
@@ -181,7 +178,7 @@ def db_upgrade(revision: Annotated[str, typer.Option(help="Target revision.")] =
         migrations.upgrade(url, revision)
         after = migrations.current(url)
     except (ConfigError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     err.print(f"accounts database: {before or 'empty'} -> {after}" if before != after
               else f"accounts database already at {after}")
