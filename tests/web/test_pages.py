@@ -60,7 +60,7 @@ def test_compare_page_puts_models_side_by_side(client: httpx.Client) -> None:
     assert "Not in the catalog: not-a-model" in text
     for row in ("Price / 1M tokens", "License", "Parameters", "Max tokens", "Dimensions"):
         assert row in text
-    assert "apache-2.0" in text and "22.7M" in text
+    assert "Apache-2.0" in text and "22.7M" in text
     assert client.get("/compare").status_code == 200
 
 

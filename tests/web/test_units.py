@@ -225,3 +225,50 @@ def test_users_sessions_and_votes(store) -> None:
     assert web.vote_counts() == {"linq": 1, "e5": 1} and web.votes_of(user.id) == {"linq", "e5"}
     assert web.unvote(user.id, "e5") and not web.unvote(user.id, "e5")
     assert web.vote_counts() == {"linq": 1}
+
+
+# -- one format per fact ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("7 billion", "7B"), ("7B", "7B"), ("22.7M", "22.7M"), ("1.5 Billion", "1.5B"), ("335 million", "335M"),
+    ("110m", "110M"), ("about 7B", "about 7B"), (None, "—"),
+])
+def test_parameters_read_one_way(raw, shown) -> None:
+    assert formatting.parameters(raw) == shown
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("mit", "MIT"), ("MIT", "MIT"), ("apache-2.0", "Apache-2.0"), ("cc-by-nc-4.0", "CC-BY-NC-4.0"),
+    ("some-custom-license", "some-custom-license"), (None, "—"),
+])
+def test_licenses_read_as_spdx_ids(raw, shown) -> None:
+    assert formatting.license_name(raw) == shown
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("Text Embedding", "Text embedding"), ("Text embedding & retrieval", "Text embedding & retrieval"),
+    ("sentence embedding", "Sentence embedding"), ("MTEB Retrieval", "MTEB retrieval"),
+])
+def test_tasks_read_in_sentence_case(raw, shown) -> None:
+    assert formatting.task_name(raw) == shown
+
+
+def test_every_card_reads_in_one_format() -> None:
+    import re
+
+    from gigarouter.catalog.cards import load_cards
+
+    for card in load_cards().values():
+        assert re.fullmatch(r"\d+(\.\d+)?[KMBT]", formatting.parameters(card.parameters)), card.parameters
+        assert formatting.license_name(card.license) != card.license or card.license.isupper(), card.license
+        rows = dict(catalog.spec_rows(card))
+        assert rows["License"] == formatting.license_name(card.license)     # an extra spec restating it too
+        assert rows["Task"] == formatting.task_name(card.task) == formatting.task_name(rows["Task"])
+
+
+def test_task_filter_matches_whatever_case_the_card_uses() -> None:
+    models = views(card("a", task="Text Embedding"), card("b", task="Text embedding"), card("c", task="Other"))
+    assert catalog.facets(models)["task"] == ["Other", "Text embedding"]
+    chosen = catalog.select(models, catalog.Filters.parse(status=None, license=None, task="Text embedding", sort="name"))
+    assert [m.slug for m in chosen] == ["a", "b"]
+
