@@ -272,3 +272,19 @@ def test_task_filter_matches_whatever_case_the_card_uses() -> None:
     chosen = catalog.select(models, catalog.Filters.parse(status=None, license=None, task="Text embedding", sort="name"))
     assert [m.slug for m in chosen] == ["a", "b"]
 
+
+
+def test_flash_notes_are_read_once_and_expire() -> None:
+    from gigarouter.web.flash import FlashStore
+
+    now = [0.0]
+    store = FlashStore(ttl_s=10, max_notes=2, clock=lambda: now[0])
+    store.put("session-a", "new-key", "k1")
+    assert store.take("session-b", "new-key") is None and store.take("session-a", "other") is None
+    assert store.take("session-a", "new-key") == "k1" and store.take("session-a", "new-key") is None
+    store.put("session-a", "new-key", "k2")
+    now[0] = 11
+    assert store.take("session-a", "new-key") is None                     # expired
+    for i in range(3):
+        store.put(f"s{i}", "new-key", i)
+    assert store.take("s0", "new-key") is None and store.take("s2", "new-key") == 2   # at most max_notes kept

@@ -15,6 +15,7 @@ from gigarouter.web.accounts import USAGE_DAYS, AccountsPort
 from gigarouter.web.catalog import example_model
 from gigarouter.web.context import WebContext, WebDep, check_csrf
 from gigarouter.web.errors import WebError
+from gigarouter.web.flash import flash_store
 from gigarouter.web.routes.auth import accounts_on, redirect
 from gigarouter.web.templating import render
 
@@ -34,7 +35,8 @@ async def dashboard(request: Request, web: WebDep) -> Response:
     accounts = signed_in(web, "/dashboard")
     if isinstance(accounts, Response):
         return accounts
-    return await render_dashboard(request, web, accounts)
+    new_key = flash_store(request.app).take(web.session_token, "new-key")   # once, after POST /dashboard/keys
+    return await render_dashboard(request, web, accounts, new_key=new_key)
 
 
 async def render_dashboard(request: Request, web: WebContext, accounts: AccountsPort, *,
@@ -76,7 +78,9 @@ async def create_key(request: Request, web: WebDep, name: Annotated[str, Form(ma
         key = await accounts.create_key(web.user, name.strip() or None)
     except GigarouterError as exc:
         return await render_dashboard(request, web, accounts, errors=[exc.message], status_code=exc.status)
-    return await render_dashboard(request, web, accounts, new_key=key)
+    # POST/redirect/GET: the dashboard shows the key once; a reload does not create another.
+    flash_store(request.app).put(web.session_token, "new-key", key)
+    return redirect(web, "/dashboard#new-key")
 
 
 @router.post("/dashboard/keys/{key_id}/revoke")
