@@ -273,6 +273,18 @@ def test_task_filter_matches_whatever_case_the_card_uses() -> None:
     assert [m.slug for m in chosen] == ["a", "b"]
 
 
+def test_charts_have_a_narrow_drawing_for_phones() -> None:
+    points = [(f"Nov {d}", float(d)) for d in range(1, 31)]
+    wide = charts.columns(points, chart_id="w", title="t", desc="d", unit="tokens")
+    narrow = charts.columns(points, chart_id="n", title="t", desc="d", unit="tokens", width=360, label_every=7,
+                            variant="narrow")
+    assert 'class="chart wide"' in wide and 'class="chart narrow"' in narrow and 'viewBox="0 0 360 220"' in narrow
+    labels = [x for x in narrow.split("text-anchor=\"middle\">")[1:]]
+    assert [x.split("<")[0] for x in labels] == ["Nov 1", "Nov 8", "Nov 15", "Nov 22", "Nov 29"]  # Nov 30 too close
+    bars = charts.bars([("a-very-long-model-name-for-a-phone", 5.0)], chart_id="b", title="t", desc="d",
+                       unit="tokens", width=360, label_w=130, value_w=50, variant="narrow")
+    assert ">a-very-long-model…<" in bars and "a-very-long-model-name-for-a-phone: 5 tokens" in bars
+
 
 def test_flash_notes_are_read_once_and_expire() -> None:
     from gigarouter.web.flash import FlashStore

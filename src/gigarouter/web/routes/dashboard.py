@@ -47,14 +47,18 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
     account, keys, usage = await asyncio.gather(accounts.account(user), accounts.keys(user), accounts.usage(user))
     day_points = [(formatting.day(d), tokens) for d, _, tokens, _ in usage.days]
     model_points = [(model, tokens) for model, _, tokens, _ in usage.models]
+    day = {"unit": "tokens", "title": f"Tokens per day, last {USAGE_DAYS} days", "desc": _days_summary(day_points)}
+    per_model = {"unit": "tokens", "title": f"Tokens per model, last {USAGE_DAYS} days",
+                 "desc": "; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."}
     return render(request, "dashboard.html", {
         "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
         "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
-        "day_chart": charts.columns(day_points, chart_id="usage-days", unit="tokens",
-                                    title=f"Tokens per day, last {USAGE_DAYS} days", desc=_days_summary(day_points)),
-        "model_chart": charts.bars(model_points, chart_id="usage-models", unit="tokens",
-                                   title=f"Tokens per model, last {USAGE_DAYS} days",
-                                   desc="; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."),
+        "day_chart": charts.columns(day_points, chart_id="usage-days", **day),
+        "day_chart_narrow": charts.columns(day_points, chart_id="usage-days-narrow", width=360, height=200,
+                                           label_every=7, variant="narrow", **day),
+        "model_chart": charts.bars(model_points, chart_id="usage-models", **per_model),
+        "model_chart_narrow": charts.bars(model_points, chart_id="usage-models-narrow", width=360, label_w=130,
+                                          value_w=50, variant="narrow", **per_model),
         "base_url": str(request.base_url).rstrip("/"),
         "model": example_model(getattr(request.app.state, "router", None)),
     }, status_code=status_code)
