@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,19 +22,19 @@ app = typer.Typer(help="gigarouter: an OpenAI-compatible embeddings service.", n
                   add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
 console = Console(stderr=True)
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file: [[models]], [[providers]] and "
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file: [[models]], [[providers]] and "
                                                       "settings (docs/models.md).",
                                                       exists=True, dir_okay=False)]
 
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to bind. Default: the config's host, else 127.0.0.1.",
+    host: Annotated[str | None, typer.Option(help="Address to bind. Default: the config's host, else 127.0.0.1.",
                                                 show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on. Default: the config's port, else 8000.",
+    port: Annotated[int | None, typer.Option(help="Port to listen on. Default: the config's port, else 8000.",
                                                 show_default=False)] = None,
     config: ConfigOption = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where the SQLite database and server secret live.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database and server secret live.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Start the HTTP service (the embedded default model when no --config is given).
@@ -61,10 +61,10 @@ def embed(
     file: Annotated[Path, typer.Argument(help="Text file (one input per line) or JSONL ({\"text\": ...} per line).",
                                          exists=True, dir_okay=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name or alias.")] = DEFAULT_MODEL_NAME,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .npy, .jsonl or .ndjson "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output .npy, .jsonl or .ndjson "
                                                 "(default: FILE.embeddings.jsonl).")] = None,
     input_type: Annotated[str, typer.Option(help="document or query.")] = "document",
-    instruction: Annotated[Optional[str], typer.Option(help="Query instruction (free text or a named task).")] = None,
+    instruction: Annotated[str | None, typer.Option(help="Query instruction (free text or a named task).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Embed a file in bulk through the engine, in-process (no HTTP).
@@ -91,7 +91,7 @@ def embed(
             _fail(f"could not load {model}: {exc.message}")
         except ValueError as exc:      # not a configured model
             raise typer.BadParameter(str(exc), param_hint="--model") from None
-        except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for any load failure
+        except Exception as exc:   # any other load failure: one line too, not a traceback
             _fail(f"could not load {model}: {type(exc).__name__}: {exc}")
     with Progress(TextColumn("[bold]embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:

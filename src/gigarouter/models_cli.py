@@ -34,7 +34,8 @@ def _console() -> Console:
     return Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file with [[models]].")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face cache (default: settings, then HF_HOME).")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir",
+                                                help="Hugging Face cache (default: settings, then HF_HOME).")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint", envvar="HF_ENDPOINT", hidden=True,
                                                  help="Hub URL (tests and mirrors).")]
 
@@ -140,7 +141,8 @@ def pull(name: Annotated[str, typer.Argument(help="Served model name, catalog mo
 def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog model, Hub id or directory.")],
           out: Annotated[Path, typer.Option("--out", help="Empty or new directory for the merged checkpoint.")],
           config: ConfigOpt = None, cache_dir: CacheOpt = None,
-          dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+          dtype: Annotated[str | None,
+                           typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
           offline: Annotated[bool, typer.Option(help="Use only the local cache.")] = False,
           endpoint: EndpointOpt = None) -> None:
     """Write one plain checkpoint with the adapters folded in (fast starts; loads in transformers too)."""
@@ -162,8 +164,8 @@ def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog m
                              dtype=getattr(torch, dtype) if dtype else None)
     except ModelLoadError as exc:
         _fail(console, exc.message)
-    console.print(f"[green]wrote {escape(str(out))}[/green]; serve it with weights = \"{escape(str(out))}\" and no adapters",
-                  soft_wrap=True)
+    where = escape(str(out))
+    console.print(f"[green]wrote {where}[/green]; serve it with weights = \"{where}\" and no adapters", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - `python -m gigarouter.models_cli`

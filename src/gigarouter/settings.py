@@ -63,7 +63,7 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: price_per_million_usd must be >= 0")
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         values = dict(raw)
         for key in ("aliases", "adapters"):
             if key in values:
@@ -103,7 +103,7 @@ class ProviderConfig:
         return dict(self.models)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ProviderConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ProviderConfig:
         values = dict(raw)
         models = values.get("models")
         if isinstance(models, list) and all(isinstance(m, str) for m in models):
@@ -208,7 +208,7 @@ class Settings:
             return self.database_url
         return f"sqlite:///{self.default_sqlite_path}"
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

@@ -94,7 +94,8 @@ def layout_problems(page) -> list[str]:
                   for (const el of found) {
                     const r = el.getBoundingClientRect();
                     if (!r.width || !r.height || r.left < -0.5 || r.right > width + 0.5)
-                      problems.push(`${selector} ${name}: ${cell} not visible (${Math.round(r.left)}..${Math.round(r.right)})`);
+                      problems.push(`${selector} ${name}: ${cell} not visible `
+                                    + `(${Math.round(r.left)}..${Math.round(r.right)})`);
                     if (stacked && el.dataset.label !== undefined && table.matches('.stack, .providers')) {
                       const label = getComputedStyle(el, '::before').content;
                       if (label !== JSON.stringify(el.dataset.label))

@@ -17,7 +17,6 @@ from gigarouter.web.limits import SlidingWindow
 from gigarouter.web.routes.auth import safe_next
 from gigarouter.web.users import EmailTaken, WebStore
 
-
 # -- formatting ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "estimated", "text"), [
@@ -269,7 +268,8 @@ def test_every_card_reads_in_one_format() -> None:
 def test_task_filter_matches_whatever_case_the_card_uses() -> None:
     models = views(card("a", task="Text Embedding"), card("b", task="Text embedding"), card("c", task="Other"))
     assert catalog.facets(models)["task"] == ["Other", "Text embedding"]
-    chosen = catalog.select(models, catalog.Filters.parse(status=None, license=None, task="Text embedding", sort="name"))
+    text_embedding = catalog.Filters.parse(status=None, license=None, task="Text embedding", sort="name")
+    chosen = catalog.select(models, text_embedding)
     assert [m.slug for m in chosen] == ["a", "b"]
 
 

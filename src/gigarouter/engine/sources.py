@@ -101,8 +101,13 @@ class Fetcher:
 
     def _download(self, repo_id: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             return Path(snapshot_download(
@@ -111,7 +116,8 @@ class Fetcher:
         except LocalEntryNotFoundError:
             raise HubUnreachable(repo_id) from None
         except GatedRepoError:
-            raise ModelLoadError(f"model {repo_id} is gated on the Hub: accept its terms there and set HF_TOKEN") from None
+            raise ModelLoadError(f"model {repo_id} is gated on the Hub: accept its terms there "
+                                 "and set HF_TOKEN") from None
         except RepositoryNotFoundError:
             raise ModelLoadError(f"model {repo_id} was not found on the Hub (private? set HF_TOKEN)") from None
         except RevisionNotFoundError:

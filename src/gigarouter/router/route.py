@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.errors import (GigarouterError, InvalidRequest, NoProviderAvailable, ProviderUnavailable,
-                               is_retryable)
+from gigarouter.errors import GigarouterError, InvalidRequest, NoProviderAvailable, ProviderUnavailable, is_retryable
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import EmbedCall, Provider, ProviderResult
 from gigarouter.providers.local.deployment import Deployment
@@ -79,7 +78,7 @@ class Routed:
 class Plan:
     """The candidates for one request, best first."""
 
-    route: "Route"
+    route: Route
     candidates: list[Binding]
 
     @property

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.web.formatting import license_name, parameters, task_name
 from gigarouter.router.route import Binding, Route
 from gigarouter.router.router import Router
+from gigarouter.web.formatting import license_name, parameters, task_name
 
 LIVE = "live"
 COMING_SOON = "coming soon"
@@ -82,7 +82,7 @@ class Filters:
     sort: str = "popularity"
 
     @classmethod
-    def parse(cls, *, status: str | None, license: str | None, task: str | None, sort: str | None) -> "Filters":
+    def parse(cls, *, status: str | None, license: str | None, task: str | None, sort: str | None) -> Filters:
         return cls(status=status if status in STATUSES else "", license=(license or "").strip(),
                    task=(task or "").strip(), sort=sort if sort in SORTS else "popularity")
 

@@ -12,8 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import (Column, Engine, ForeignKey, Index, MetaData, String, Table, delete, func, insert, select,
-                        update)
+from sqlalchemy import Column, Engine, ForeignKey, Index, MetaData, String, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gigarouter.accounts.db import transaction

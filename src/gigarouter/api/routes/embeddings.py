@@ -21,7 +21,7 @@ from gigarouter.metrics import Metrics
 from gigarouter.pooling.encoding import finish, to_base64
 from gigarouter.providers.base import EmbedCall
 from gigarouter.router.preferences import parse_preferences
-from gigarouter.router.route import Route, Routed
+from gigarouter.router.route import Routed
 
 router = APIRouter()
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-
 # A sequence joins a bucket while it is at least this fraction of the bucket's longest:
 # padding stays under ~35% of a bucket's attention work, and a typical mixed batch needs
 # only a handful of grids (each SDPA call has a fixed cost).
@@ -54,7 +53,7 @@ class AttentionLayout:
     window: int | None = None    # sliding window (query i sees keys j with i - j < window)
 
     @classmethod
-    def build(cls, cu_seqlens: torch.Tensor, *, causal: bool, window: int | None = None) -> "AttentionLayout":
+    def build(cls, cu_seqlens: torch.Tensor, *, causal: bool, window: int | None = None) -> AttentionLayout:
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         n = lengths.numel()
         device = cu_seqlens.device
@@ -116,13 +115,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionL
         return out[0].transpose(0, 1)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
     for b in layout.buckets:
-        def grid(x: torch.Tensor) -> torch.Tensor:   # [T, H, D] -> [m, H, L, D]
-            return x[b.gather].view(b.count, b.longest, *x.shape[1:]).transpose(1, 2)
-
-        o = F.scaled_dot_product_attention(grid(q), grid(k), grid(v), attn_mask=b.mask,
+        o = F.scaled_dot_product_attention(_grid(q, b), _grid(k, b), _grid(v, b), attn_mask=b.mask,
                                            is_causal=layout.causal and b.mask is None, enable_gqa=gqa)
         out[b.scatter] = o.transpose(1, 2).reshape(b.count * b.longest, *out.shape[1:])[b.keep]
     return out
+
+
+def _grid(x: torch.Tensor, bucket: Bucket) -> torch.Tensor:
+    """One bucket's sequences as a padded grid: [T, H, D] -> [count, H, longest, D]."""
+    return x[bucket.gather].view(bucket.count, bucket.longest, *x.shape[1:]).transpose(1, 2)
 
 
 def _varlen_ok(q: torch.Tensor) -> bool:

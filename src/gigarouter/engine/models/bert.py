@@ -27,7 +27,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
 
     @classmethod
-    def from_hf(cls, raw: dict[str, Any]) -> "BertConfig":
+    def from_hf(cls, raw: dict[str, Any]) -> BertConfig:
         if raw.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"unsupported BERT activation {raw.get('hidden_act')!r}")
         if raw.get("position_embedding_type", "absolute") != "absolute":

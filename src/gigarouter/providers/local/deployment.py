@@ -38,7 +38,7 @@ class Deployment:
     scheduler: Scheduler | None = None
 
     @classmethod
-    def for_config(cls, config: ModelConfig) -> "Deployment":
+    def for_config(cls, config: ModelConfig) -> Deployment:
         return cls(config=config, card=find_card(config.card, config.name, config.weights, *config.aliases))
 
     @property

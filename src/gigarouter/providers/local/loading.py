@@ -12,8 +12,14 @@ import torch
 
 from gigarouter.catalog.cards import find_card
 from gigarouter.engine.build import build_model, hidden_size
-from gigarouter.engine.runner import (TorchEngine, budget_from_memory, default_parallel_batches,
-                                      default_token_budget, resolve_device, resolve_dtype)
+from gigarouter.engine.runner import (
+    TorchEngine,
+    budget_from_memory,
+    default_parallel_batches,
+    default_token_budget,
+    resolve_device,
+    resolve_dtype,
+)
 from gigarouter.engine.sources import resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings

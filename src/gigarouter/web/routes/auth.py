@@ -10,8 +10,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.errors import Conflict, Forbidden, GigarouterError, RateLimited
 from gigarouter.catalog.cards import ModelCard, find_card, load_cards
+from gigarouter.errors import Conflict, Forbidden, GigarouterError, RateLimited
 from gigarouter.web import catalog, security, snippets
 from gigarouter.web.catalog import example_model
 from gigarouter.web.context import WebContext, WebDep, check_csrf
