@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -76,19 +78,28 @@ def test_serve_refuses_a_bad_config(tmp_path):
 
 
 def test_serve_prints_ready_once(tmp_path):
-    """The subprocess test above, read back: one "ready" line once the model is loaded."""
+    """A script may wait for the "ready" line instead of polling /ready: once it is printed, /ready is 200."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gigarouter.cli", "serve", "--port", str(port),
                              "--data-dir", str(tmp_path), "--log-level", "warning"],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    seen: list[str] = []
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}", alive=lambda: proc.poll() is None)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(line.startswith("ready in ") for line in seen):
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline().decode()
+                if not line:
+                    break
+                seen.append(line)
+        assert any(line.startswith("ready in ") for line in seen), "".join(seen)
+        assert httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
-    lines = [line for line in out.decode().splitlines() if line.startswith("ready in ")]
-    assert len(lines) == 1 and f"serving all-minilm-l6-v2 on http://127.0.0.1:{port}" in lines[0], out.decode()
+    lines = [line for line in "".join(seen).splitlines() + out.decode().splitlines() if line.startswith("ready in ")]
+    assert len(lines) == 1 and f"serving all-minilm-l6-v2 on http://127.0.0.1:{port}" in lines[0], lines
 
 
 def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
