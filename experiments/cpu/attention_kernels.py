@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from _common import header, ms_per_call as ms
+from _common import header
+from _common import ms_per_call as ms
 
 torch.set_num_threads(1)
 
@@ -24,10 +24,10 @@ def main() -> None:
         keep = (torch.arange(longest)[None, :] < lengths[:, None])[:, None, None, :]
         bias = torch.zeros(count, 1, 1, longest).masked_fill(~keep, float("-inf"))
 
-        def sdpa():
+        def sdpa(q=q, k=k, v=v, keep=keep):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
 
-        def explicit():
+        def explicit(q=q, k=k, v=v, bias=bias):
             return torch.matmul((torch.matmul(q, k.transpose(-1, -2)) * dim ** -0.5 + bias).softmax(-1), v)
 
         diff = float((sdpa() - explicit()).abs().max())

@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from _common import header
 
 from gigarouter.bench.corpus import mixed_corpus
 from gigarouter.embedder import Embedder
 from gigarouter.settings import default_model
-from _common import header
 
 
 def main() -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from _common import header, ms_per_call as ms
-
+from _common import header
+from _common import ms_per_call as ms
 
 
 def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,10 +34,12 @@ def main() -> None:
         return float((y.double() - exact).norm() / exact.norm())
 
     print(f"# {header()}; {torch.get_num_threads()} threads; [{tokens} x {k}] @ [{k} x {n}]")
-    print(f"fp32:                 {ms(lambda: F.linear(x, w, b)):.2f} ms, relative error {rel_error(F.linear(x, w, b)):.1e}")
+    print(f"fp32:                 {ms(lambda: F.linear(x, w, b)):.2f} ms, "
+          f"relative error {rel_error(F.linear(x, w, b)):.1e}")
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
-        print(f"one bf16 pass:        {ms(lambda: F.linear(x, w, b)):.2f} ms, relative error {rel_error(F.linear(x, w, b)):.1e}")
+        print(f"one bf16 pass:        {ms(lambda: F.linear(x, w, b)):.2f} ms, "
+              f"relative error {rel_error(F.linear(x, w, b)):.1e}")
         print(f"three bf16 products:  {ms(three_products):.2f} ms, relative error {rel_error(three_products()):.1e}")
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = "none"

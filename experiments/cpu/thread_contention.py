@@ -12,11 +12,12 @@ import sys
 import threading
 
 import torch
-
-from gigarouter.embedder import Embedder
 from _common import header, interleaved, server_like_batches, tokens_per_second
 
-NOISE = "import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.002: pass\n    time.sleep(0.010)\n"
+from gigarouter.embedder import Embedder
+
+NOISE = ("import time\nwhile True:\n    t = time.perf_counter()\n"
+         "    while time.perf_counter() - t < 0.002: pass\n    time.sleep(0.010)\n")
 
 
 def main() -> None:
@@ -55,7 +56,8 @@ def main() -> None:
             if noise:
                 noise.kill()
         a, b = rates.values()
-        print(f"{label:34s} " + "  ".join(f"{k}: {v:,.0f} tokens/s" for k, v in rates.items()) + f"  ratio {b / a:.2f}x")
+        print(f"{label:34s} " + "  ".join(f"{k}: {v:,.0f} tokens/s" for k, v in rates.items())
+              + f"  ratio {b / a:.2f}x")
 
 
 if __name__ == "__main__":

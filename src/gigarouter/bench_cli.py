@@ -10,16 +10,17 @@ import asyncio
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 app = typer.Typer(help="Benchmarks: engine throughput, HTTP load, query latency, comparison with peers.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  rich_markup_mode=None)
 console = Console(stderr=True)
 
-OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the JSON result here.")]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON result here.")]
 
 
 def _ints(text: str | None) -> list[int] | None:
@@ -49,15 +50,15 @@ def engine(
                                                   "bert-tiny (random weights).")] = "minilm",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")] = "auto",
-    lengths: Annotated[Optional[str], typer.Option(help="Fixed lengths, e.g. 16,128,256 (default per shape).")] = None,
-    budgets: Annotated[Optional[str], typer.Option(help="Token budgets to sweep, e.g. 1024,4096,8192.")] = None,
+    lengths: Annotated[str | None, typer.Option(help="Fixed lengths, e.g. 16,128,256 (default per shape).")] = None,
+    budgets: Annotated[str | None, typer.Option(help="Token budgets to sweep, e.g. 1024,4096,8192.")] = None,
     corpus_size: Annotated[int, typer.Option(help="Texts in the mixed corpus.")] = 256,
     min_seconds: Annotated[float, typer.Option(help="Minimum timed seconds per configuration.")] = 2.0,
-    threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads (default: torch's).")] = None,
-    hf_compare: Annotated[Optional[bool], typer.Option(
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's).")] = None,
+    hf_compare: Annotated[bool | None, typer.Option(
         "--hf-compare/--no-hf-compare", help="Also run transformers' MistralModel (mistral shapes).")] = None,
     out: OutOption = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG plot here.")] = None,
 ) -> None:
     """Offline engine throughput: mixed corpus, fixed lengths, token-budget sweep, % of matmul peak."""
     from gigarouter.bench import report
@@ -82,11 +83,11 @@ def http(
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
     inputs_per_request: Annotated[int, typer.Option(help="Inputs per request (1 = interactive, 32 = bulk).")] = 1,
     duration: Annotated[float, typer.Option(help="Seconds per concurrency level (at most 60).")] = 10.0,
-    max_requests: Annotated[Optional[int], typer.Option(help="Stop after this many requests per level.")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="Stop after this many requests per level.")] = None,
     path: Annotated[str, typer.Option(help="/v1/embeddings, /embeddings, or auto.")] = "auto",
     encoding_format: Annotated[str, typer.Option(help="float or base64.")] = "float",
     corpus_size: Annotated[int, typer.Option(help="Texts in the mixed corpus (cycled).")] = 2048,
-    tokenizer_dir: Annotated[Optional[Path], typer.Option(help="Model dir whose tokenizer counts tokens "
+    tokenizer_dir: Annotated[Path | None, typer.Option(help="Model dir whose tokenizer counts tokens "
                                                                "(default: the embedded default model).")] = None,
     out: OutOption = None,
 ) -> None:
@@ -158,15 +159,15 @@ def query_latency(
 @app.command()
 def compare(
     out_dir: Annotated[Path, typer.Option(help="Where JSON and PNG files go.")] = Path("docs/benchmarks"),
-    infinity_bin: Annotated[Optional[Path], typer.Option(help="infinity_emb executable (its own venv); "
+    infinity_bin: Annotated[Path | None, typer.Option(help="infinity_emb executable (its own venv); "
                                                               "default: on PATH or /tmp/infinity-venv.")] = None,
     no_infinity: Annotated[bool, typer.Option("--no-infinity", help="Skip infinity-emb.")] = False,
     duration: Annotated[float, typer.Option(help="Seconds per load run (at most 20).")] = 10.0,
     rounds: Annotated[int, typer.Option(help="Rounds of the whole matrix (order alternates).")] = 2,
     offline_size: Annotated[int, typer.Option(help="Texts in the offline comparison.")] = 256,
     latency_seconds: Annotated[float, typer.Option(help="Seconds of query-latency probing per phase.")] = 10.0,
-    thread_variant: Annotated[Optional[int], typer.Option(help="Also serve gigarouter with N torch threads.")] = None,
-    variant: Annotated[Optional[list[str]], typer.Option(help="Also serve gigarouter as NAME=CONFIG.toml "
+    thread_variant: Annotated[int | None, typer.Option(help="Also serve gigarouter with N torch threads.")] = None,
+    variant: Annotated[list[str] | None, typer.Option(help="Also serve gigarouter as NAME=CONFIG.toml "
                                                                "(repeatable), e.g. budget2048=cfg.toml.")] = None,
     stem: Annotated[str, typer.Option(help="File name stem for outputs.")] = "compare",
 ) -> None:
@@ -199,7 +200,7 @@ def compare(
 
 @app.command()
 def gateway(
-    litellm: Annotated[Optional[Path], typer.Option(help="LiteLLM's `litellm` executable (its own venv); "
+    litellm: Annotated[Path | None, typer.Option(help="LiteLLM's `litellm` executable (its own venv); "
                                                          "default: /tmp/litellm-venv/bin/litellm if present.")] = None,
     no_litellm: Annotated[bool, typer.Option("--no-litellm", help="Measure direct vs gigarouter only.")] = False,
     rounds: Annotated[int, typer.Option(help="Rounds; the target order rotates from round to round.")] = 4,
@@ -274,7 +275,7 @@ def ray(
 
 @app.command()
 def profile(
-    py_spy: Annotated[Optional[Path], typer.Option(help="py-spy executable (default: on PATH).")] = None,
+    py_spy: Annotated[Path | None, typer.Option(help="py-spy executable (default: on PATH).")] = None,
     seconds: Annotated[float, typer.Option(help="Seconds py-spy records per load (at most 20).")] = 10.0,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON summary.")] = Path("docs/benchmarks/profile.json"),
     port: Annotated[int, typer.Option(help="Port for the gigarouter server it starts.")] = 18300,

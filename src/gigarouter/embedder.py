@@ -131,7 +131,7 @@ class Embedder:
         """Stop the model's scheduler and the private loop (also done when collected or at exit)."""
         self._finalizer()
 
-    def __enter__(self) -> "Embedder":
+    def __enter__(self) -> Embedder:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,18 +11,22 @@ its weights: run it where there is network, with the same cache directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 from gigarouter.catalog.cards import card_for_model, find_card, load_cards
+from gigarouter.engine.sources import HubUnreachable
 from gigarouter.errors import ModelLoadError
 from gigarouter.settings import ConfigError, ModelConfig, Settings, load_settings
+from gigarouter.tables import print_table
 
-app = typer.Typer(help="List, download and merge models.", no_args_is_help=True)
+app = typer.Typer(help="List, download and merge models.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _console() -> Console:
@@ -30,7 +34,8 @@ def _console() -> Console:
     return Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file with [[models]].")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face cache (default: settings, then HF_HOME).")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache-dir",
+                                                help="Hugging Face cache (default: settings, then HF_HOME).")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint", envvar="HF_ENDPOINT", hidden=True,
                                                  help="Hub URL (tests and mirrors).")]
 
@@ -39,8 +44,12 @@ def _settings(config: Path | None, cache_dir: Path | None) -> Settings:
     try:
         return load_settings(config, cache_dir=cache_dir)
     except ConfigError as exc:
-        _console().print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        _fail(_console(), str(exc), code=2)
+
+
+def _fail(console: Console, message: str, *, code: int = 1) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def model_for_name(name: str, settings: Settings, *, revision: str | None = None) -> tuple[ModelConfig, bool]:
@@ -76,26 +85,24 @@ def list_models(config: ConfigOpt = None, cache_dir: CacheOpt = None) -> None:
     settings = _settings(config, cache_dir)
     fetcher = Fetcher(cache_dir=settings.cache_dir, offline=True, progress=False)
 
-    def cached(ref: str, revision: str | None = None) -> str:
+    def is_cached(ref: str, revision: str | None = None) -> bool:
         name, pinned = split_revision(ref)
-        return "[green]yes[/green]" if fetcher.is_cached(name, revision or pinned) else "[dim]no[/dim]"
+        return fetcher.is_cached(name, revision or pinned)
 
-    served = Table(title="Configured models", title_justify="left")
-    for column in ("name", "recipe", "weights", "adapters", "cached", "license"):
-        served.add_column(column)
+    def cached(ref: str, revision: str | None = None) -> Text:
+        return Text("yes", style="green") if is_cached(ref, revision) else Text("no", style="dim")
+
+    served = []
     for m in settings.models:
         card = card_for_model(m)
-        weights_cached = cached(m.weights, m.revision)
-        adapters = ", ".join(f"{a} ({'cached' if 'yes' in cached(a) else 'not cached'})" for a in m.adapters)
-        served.add_row(m.name, m.recipe, m.weights, adapters or "-", weights_cached, card.license if card else "?")
-    console.print(served)
-
-    catalog = Table(title="Catalog", title_justify="left")
-    for column in ("model", "Hub id", "recipe", "max tokens", "license", "cached"):
-        catalog.add_column(column)
-    for card in sorted(load_cards().values(), key=lambda c: c.slug):
-        catalog.add_row(card.slug, card.hub_id, card.recipe, str(card.max_tokens), card.license, cached(card.hub_id))
-    console.print(catalog)
+        adapters = ", ".join(f"{a} ({'cached' if is_cached(a) else 'not cached'})" for a in m.adapters)
+        served.append((m.name, m.recipe, m.weights, adapters or "-", cached(m.weights, m.revision),
+                       card.license if card else "?"))
+    print_table(console, ("name", "recipe", "weights", "adapters", "cached", "license"), served,
+                title="Configured models")
+    catalog = [(card.slug, card.hub_id, card.recipe, str(card.max_tokens), card.license, cached(card.hub_id))
+               for card in sorted(load_cards().values(), key=lambda c: c.slug)]
+    print_table(console, ("model", "Hub id", "recipe", "max tokens", "license", "cached"), catalog, title="Catalog")
 
 
 @app.command()
@@ -109,24 +116,33 @@ def pull(name: Annotated[str, typer.Argument(help="Served model name, catalog mo
     console = _console()
     settings = _settings(config, cache_dir)
     model, _ = model_for_name(name, settings, revision=revision)
+    if settings.offline:
+        _fail(console, "the settings say offline = true, and pulling downloads from the Hub: run it without "
+                       "that setting (or on a machine with network, with the same cache_dir)")
     try:
         resolved = resolve_checkpoint(model, cache_dir=settings.cache_dir, offline=False, progress=True,
                                       endpoint=endpoint)
+    except HubUnreachable as exc:
+        hub = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        _fail(console, f"cannot download {exc.ref}: the Hub ({hub}) cannot be reached from this machine. "
+                       "Run `gigarouter models pull` where there is network and copy the Hugging Face cache here "
+                       "(the same cache_dir), set HF_ENDPOINT to a mirror you can reach, or point `weights` "
+                       "at a local directory.")
     except ModelLoadError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"[green]{model.name}[/green] is ready:")
-    console.print(f"  base      {resolved.base_dir}")
+        _fail(console, exc.message)
+    console.print(f"[green]{escape(model.name)}[/green] is ready:")
+    console.print(f"  base      {resolved.base_dir}", markup=False, soft_wrap=True)
     for adapter in resolved.adapter_dirs:
-        console.print(f"  adapter   {adapter}")
-    console.print(f"  tokenizer {resolved.tokenizer_dir}")
+        console.print(f"  adapter   {adapter}", markup=False, soft_wrap=True)
+    console.print(f"  tokenizer {resolved.tokenizer_dir}", markup=False, soft_wrap=True)
 
 
 @app.command()
 def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog model, Hub id or directory.")],
           out: Annotated[Path, typer.Option("--out", help="Empty or new directory for the merged checkpoint.")],
           config: ConfigOpt = None, cache_dir: CacheOpt = None,
-          dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+          dtype: Annotated[str | None,
+                           typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
           offline: Annotated[bool, typer.Option(help="Use only the local cache.")] = False,
           endpoint: EndpointOpt = None) -> None:
     """Write one plain checkpoint with the adapters folded in (fast starts; loads in transformers too)."""
@@ -140,8 +156,7 @@ def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog m
     settings = _settings(config, cache_dir)
     model, known = model_for_name(name, settings)
     if dtype not in (None, "float32", "bfloat16", "float16"):
-        console.print("[red]--dtype must be float32, bfloat16 or float16[/red]")
-        raise typer.Exit(2)
+        _fail(console, "--dtype must be float32, bfloat16 or float16", code=2)
     try:
         resolved = resolve_checkpoint(model, cache_dir=settings.cache_dir, offline=offline or settings.offline,
                                       progress=True, endpoint=endpoint)
@@ -153,9 +168,9 @@ def merge(name: Annotated[str, typer.Argument(help="Served model name, catalog m
                              dtype=getattr(torch, dtype) if dtype else None,
                              card=card.slug if card else None, template=template.name if template else None)
     except ModelLoadError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
-    console.print(f"[green]wrote {out}[/green]; serve it with weights = \"{out}\" and no adapters")
+        _fail(console, exc.message)
+    where = escape(str(out))
+    console.print(f"[green]wrote {where}[/green]; serve it with weights = \"{where}\" and no adapters", soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - `python -m gigarouter.models_cli`

@@ -58,7 +58,7 @@ class Autoscaling:
     target_ongoing_requests: float | None = None
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, model: str) -> "Autoscaling":
+    def from_dict(cls, raw: dict[str, Any], *, model: str) -> Autoscaling:
         unknown = set(raw) - {"min", "max", "target_ongoing_requests"}
         if unknown or not {"min", "max"} <= set(raw):
             raise ConfigError(f"model {model!r}: replicas is a whole number or a table with min, max and "
@@ -166,7 +166,7 @@ class ModelConfig:
         return 0.0 if self.num_gpus is None else float(self.num_gpus)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         values = dict(raw)
         for key in ("aliases", "adapters"):
             if key in values:
@@ -213,7 +213,7 @@ class ProviderConfig:
         return dict(self.models)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ProviderConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> ProviderConfig:
         values = dict(raw)
         models = values.get("models")
         if isinstance(models, list) and all(isinstance(m, str) for m in models):
@@ -281,6 +281,11 @@ class Settings:
     # CPU only: batches that may run at once, each on its share of the cores (None = one
     # per torch thread, i.e. per core). 1 runs one batch at a time over every core.
     cpu_parallel_batches: int | None = None
+
+    # Start-up: by default a configured model that fails to load stops `gigarouter serve` (exit
+    # status 1); true keeps serving the models that did load (/ready then reports the failed one
+    # in its body without holding readiness back).
+    keep_serving_on_load_failure: bool = False
 
     # Storage and downloads.
     data_dir: Path = field(default_factory=default_data_dir)
@@ -393,7 +398,7 @@ class Settings:
             return self.database_url
         return f"sqlite:///{self.default_sqlite_path}"
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

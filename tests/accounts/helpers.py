@@ -28,7 +28,10 @@ async def started(settings: Settings, **kwargs) -> AsyncIterator[DatabaseGate]:
         await gate.close()
 
 
-async def funded(gate: DatabaseGate, credit_micro: int, spec: KeySpec = KeySpec()) -> tuple[Principal, str]:
+DEFAULT_KEY = KeySpec()     # frozen: one shared default is safe
+
+
+async def funded(gate: DatabaseGate, credit_micro: int, spec: KeySpec = DEFAULT_KEY) -> tuple[Principal, str]:
     """A new account holding ``credit_micro``; its authenticated principal and its key."""
     account, key = await gate.create_account(credit_micro=credit_micro, key=spec)
     principal = await gate.authenticate(f"Bearer {key.key}", scope="embed")

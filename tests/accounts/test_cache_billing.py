@@ -78,7 +78,8 @@ def test_http_bills_hits_at_the_cached_price_per_account(settings):
             assert r.status_code == 200, r.text
             seen.append(r)
             usage = r.json()["usage"]
-            return r.headers["x-gigarouter-cache"], usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
+            cached = usage["prompt_tokens_details"]["cached_tokens"]
+            return r.headers["x-gigarouter-cache"], usage["prompt_tokens"], cached
 
         seen: list = []
         # "hello world" is 4 tokens, "good day" 4, "new words" 4 ([CLS] ... [SEP]).

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -25,7 +25,7 @@ from gigarouter.accounts import keys
 from gigarouter.accounts.db import make_engine
 from gigarouter.accounts.store import AccountStore, KeySpec
 from gigarouter.settings import ModelConfig, Settings, default_model
-from tests.accounts.helpers import check_invariants
+from tests.accounts.helpers import DEFAULT_KEY, check_invariants
 from tests.conftest import FakeEngine, fake_loader, free_port, live_server, wait_until_ready
 
 PRICE = 1000.0                      # $ per 1M tokens = 1000 micro-dollars per token
@@ -47,7 +47,7 @@ def store_for(settings: Settings) -> Iterator[AccountStore]:
         engine.dispose()
 
 
-def account_with(settings: Settings, credit_micro: int, spec: KeySpec = KeySpec()) -> tuple[str, str]:
+def account_with(settings: Settings, credit_micro: int, spec: KeySpec = DEFAULT_KEY) -> tuple[str, str]:
     with store_for(settings) as store:
         account, key = store.create_account(credit_micro=credit_micro, key=spec)
     return account.id, key.key

@@ -78,7 +78,8 @@ def test_redis_buckets_match_the_in_process_arithmetic(redis_url):
     got, refused, after = asyncio.run(scenario())
     assert [h["x-ratelimit-remaining-tokens"] for h in got] == ["70", "40", "10"]
     assert refused.retry_after == pytest.approx(20.0) and "requests" in refused.message
-    assert after["x-ratelimit-remaining-requests"] == "0" and after["x-ratelimit-remaining-tokens"] == "43"   # 10 + 20 s x 100/60
+    assert after["x-ratelimit-remaining-requests"] == "0"
+    assert after["x-ratelimit-remaining-tokens"] == "43"   # 10 + 20 s x 100/60
 
 
 @pytest.mark.redis

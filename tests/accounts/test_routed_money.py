@@ -211,7 +211,7 @@ def misreporting(target: str, prompt_tokens: int | None) -> Iterator[str]:
     without usage)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:   # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             r = httpx.post(f"{target}{self.path}", content=body, timeout=30,
                            headers={"content-type": "application/json"})

@@ -147,7 +147,7 @@ def test_free_text_with_nul_or_astral_characters_still_embeds(client):
 
 
 def _account_fields(admin_account: str) -> list[tuple[str, str, bytes]]:
-    credits = '{"account_id": "%s", "amount_micro": 1, ' % admin_account
+    credits = f'{{"account_id": "{admin_account}", "amount_micro": 1, '
     return [
         ("/v1/accounts", "email", b'{"email": @}'),
         ("/v1/accounts", "an unknown field", b'{"email": "a@example.com", "x": @}'),
@@ -158,8 +158,8 @@ def _account_fields(admin_account: str) -> list[tuple[str, str, bytes]]:
         ("/v1/keys", "spend_cap_micro", b'{"spend_cap_micro": @}'),
         ("/v1/keys", "expires_at", b'{"expires_at": @}'),
         ("/v1/admin/credits", "account_id", b'{"account_id": @, "amount_micro": 1}'),
-        ("/v1/admin/credits", "amount_micro", ('{"account_id": "%s", "amount_micro": @}' % admin_account).encode()),
-        ("/v1/admin/credits", "amount_usd", ('{"account_id": "%s", "amount_usd": @}' % admin_account).encode()),
+        ("/v1/admin/credits", "amount_micro", (f'{{"account_id": "{admin_account}", "amount_micro": @}}').encode()),
+        ("/v1/admin/credits", "amount_usd", (f'{{"account_id": "{admin_account}", "amount_usd": @}}').encode()),
         ("/v1/admin/credits", "note", (credits + '"note": @}').encode()),
     ]
 

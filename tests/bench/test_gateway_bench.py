@@ -68,11 +68,11 @@ def _run(target, rnd, connections, rps, p50, p99, cpu=1.0, failed=0):
 
 def test_summary_pairs_rounds_and_takes_medians():
     runs = []
-    for rnd, (g, l) in enumerate([(1000, 100), (900, 100), (1200, 150)]):
+    for rnd, (g, lite) in enumerate([(1000, 100), (900, 100), (1200, 150)]):
         runs += [_run("direct", rnd, 1, 5000, 0.1, 0.5), _run("gigarouter", rnd, 1, 800, 1.1, 2.5),
                  _run("litellm", rnd, 1, 80, 10.1, 20.5, cpu=10.0),
                  _run("direct", rnd, 32, 20000, 1.0, 2.0), _run("gigarouter", rnd, 32, g, 30, 60),
-                 _run("litellm", rnd, 32, l, 300, 600, cpu=10.0)]
+                 _run("litellm", rnd, 32, lite, 300, 600, cpu=10.0)]
     summary = summarize(runs, ["direct", "gigarouter", "litellm"], 32)
     assert summary["targets"]["gigarouter"]["max_requests_per_s"] == 1000
     assert summary["per_round"]["gigarouter_vs_litellm_throughput"] == [10.0, 9.0, 8.0]

@@ -59,7 +59,7 @@ class FakeHub:
         repo.branches[branch] = sha
         return sha
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self._thread.start()
         return self
 

@@ -7,9 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gigarouter.engine.models.attention import (BUCKET_MIN_FRACTION, GRID, VARLEN, AttentionLayout,
-                                                AttentionUnavailable, VarlenKernel, attend, probe_varlen,
-                                                select_attention)
+from gigarouter.engine.models.attention import (
+    BUCKET_MIN_FRACTION,
+    GRID,
+    VARLEN,
+    AttentionLayout,
+    AttentionUnavailable,
+    VarlenKernel,
+    attend,
+    probe_varlen,
+    select_attention,
+)
 
 
 def one_by_one(q, k, v, lengths, *, causal, window):

@@ -81,8 +81,11 @@ def test_rslora_and_patterns_set_the_scaling(base, tmp_path):
     adapter = write_adapter(tmp_path / "a", weights, r=4, alpha=8, use_rslora=True,
                             alpha_pattern={"up_proj": 2.0}, rank_pattern={})
     scalings = {"q_proj": 8 / math.sqrt(4), "up_proj": 2 / math.sqrt(4)}
-    expected = unmerged_forward(loaded(base), [({k: v for k, v in weights.items() if "q_proj" in k}, scalings["q_proj"]),
-                                               ({k: v for k, v in weights.items() if "up_proj" in k}, scalings["up_proj"])])
+    def only(part: str) -> dict:
+        return {k: v for k, v in weights.items() if part in k}
+
+    expected = unmerged_forward(loaded(base), [(only("q_proj"), scalings["q_proj"]),
+                                               (only("up_proj"), scalings["up_proj"])])
     model = loaded(base)
     merge_lora(model, adapter)
     with torch.no_grad():

@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def hf_model(config: dict, state: dict) -> torch.nn.Module:
-    hf_config = transformers.MistralConfig(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")},
+    hf_config = transformers.MistralConfig(**{k: v for k, v in config.items()
+                                              if k not in ("model_type", "architectures")},
                                            attn_implementation="eager")
     model = transformers.MistralModel(hf_config).eval()
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if not k.startswith("lm_head")})

@@ -16,8 +16,14 @@ from gigarouter.engine.base import pack
 from gigarouter.engine.heartbeat import Heartbeat
 from gigarouter.engine.models import attention as runner_attention
 from gigarouter.engine.models.attention import AttentionUnavailable
-from gigarouter.engine.runner import (PROCESS_THREADS, BudgetPoint, TorchEngine, budget_from_memory,
-                                      budget_from_throughput, default_parallel_batches)
+from gigarouter.engine.runner import (
+    PROCESS_THREADS,
+    BudgetPoint,
+    TorchEngine,
+    budget_from_memory,
+    budget_from_throughput,
+    default_parallel_batches,
+)
 from gigarouter.errors import EngineOutOfMemory, ModelLoadError
 from gigarouter.pooling.pooling import PoolingMode
 

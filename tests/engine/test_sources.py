@@ -145,7 +145,8 @@ def test_local_adapter_chain_with_local_base(tmp_path):
     mntp = tmp_path / "mntp"
     shutil.copytree(TINY / "llm2vec-mntp", mntp)
     config = json.loads((mntp / "adapter_config.json").read_text())
-    (mntp / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(TINY / "mistral-instruct-v2")}))
+    base = str(TINY / "mistral-instruct-v2")
+    (mntp / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
     resolved = resolve_checkpoint(llm2vec(weights=str(mntp), adapters=(str(TINY / "llm2vec-simcse"),)), offline=True)
     assert resolved.base_dir == TINY / "mistral-instruct-v2"
     assert resolved.adapter_dirs == (mntp, TINY / "llm2vec-simcse")

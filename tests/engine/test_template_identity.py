@@ -96,7 +96,8 @@ def test_an_explicit_template_wins_and_nothing_named_means_none_with_a_warning(b
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [
-    ({"explicit": "none", "card_slug": "c", "card_template": "inst"}, ("none", "the template key of its [[models]] entry")),
+    ({"explicit": "none", "card_slug": "c", "card_template": "inst"},
+     ("none", "the template key of its [[models]] entry")),
     ({"card_slug": "c", "card_template": "inst", "recorded": "none"}, ("inst", "its catalog card c")),
     ({"recorded": "inst", "names": [("x", "someone/else")]},
      ("inst", "the record that models merge wrote beside its config.json")),

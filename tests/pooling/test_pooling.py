@@ -91,7 +91,7 @@ def test_mean_chunks_bound_the_weight_matrix_and_cover_every_sequence_once(monke
     cu_np = cu.numpy()
     chunks = mean_chunks(cu_np, max_elements=4000)
     assert chunks[0][0] == 0 and chunks[-1][1] == 50
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
     for first, last in chunks:
         assert last - first == 1 or (last - first) * (cu_np[last] - cu_np[first]) <= 4000
     one = pool(hidden, cu, starts, PoolingMode.MEAN)

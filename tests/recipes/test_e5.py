@@ -13,7 +13,8 @@ from gigarouter.recipes.e5 import E5Recipe
 
 LINQ = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "linq"
 WEB = "Given a web search query, retrieve relevant passages that answer the query"
-CARD = Instructions(default_query=WEB, named={"NQ": "Given a question, retrieve Wikipedia passages that answer the question"})
+CARD = Instructions(default_query=WEB,
+                    named={"NQ": "Given a question, retrieve Wikipedia passages that answer the question"})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def test_token_ids_match_the_text_path(recipe):
     texts = ["how much protein should a female eat", "Café 🙂 東京", "x"]
     ids = [recipe.tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
     for input_type in ("query", "document"):
-        assert recipe.prepare_token_ids(ids, input_type=input_type) == recipe.prepare_texts(texts, input_type=input_type)
+        by_ids = recipe.prepare_token_ids(ids, input_type=input_type)
+        assert by_ids == recipe.prepare_texts(texts, input_type=input_type)
     [cut] = recipe.prepare_token_ids([list(range(100, 5100))], truncate="start")
     assert cut.token_ids[1:-1] == list(range(100, 5100))[-4094:]
 

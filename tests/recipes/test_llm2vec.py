@@ -12,7 +12,8 @@ from gigarouter.recipes.llm2vec import Llm2VecRecipe
 
 MNTP = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "llm2vec-mntp"
 MSMARCO = "Given a web search query, retrieve relevant passages that answer the query:"
-CARD = Instructions(default_query=MSMARCO, named={"NQ": "Given a question, retrieve Wikipedia passages that answer the question:"})
+CARD = Instructions(default_query=MSMARCO,
+                    named={"NQ": "Given a question, retrieve Wikipedia passages that answer the question:"})
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from gigarouter.errors import ProviderRejected, ProviderUnavailable
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import EmbedCall, ProviderResult
 from gigarouter.recipes.base import PreparedInput
-from gigarouter.router.cache import (EmbeddingCache, MemoryStore, decode_entry, encode_entry, input_keys, split)
+from gigarouter.router.cache import EmbeddingCache, MemoryStore, decode_entry, encode_entry, input_keys, split
 from gigarouter.router.health import Health
 from gigarouter.router.preferences import Preferences
 from gigarouter.router.route import Binding, Route

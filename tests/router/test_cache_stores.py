@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 
 from gigarouter.metrics import Metrics
-from gigarouter.router.cache import (MEMORY_ENTRY_OVERHEAD, EmbeddingCache, FileStore, MemoryStore, RedisStore,
-                                     build_cache, decode_entry, directory_name, encode_entry)
+from gigarouter.router.cache import (
+    MEMORY_ENTRY_OVERHEAD,
+    EmbeddingCache,
+    FileStore,
+    MemoryStore,
+    RedisStore,
+    build_cache,
+    decode_entry,
+    directory_name,
+    encode_entry,
+)
 from gigarouter.settings import ConfigError, Settings
 from tests.router.test_cache import Provider, embed, expected, items_call, make_route
 

@@ -16,8 +16,18 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.router.helpers import (MODEL, assert_openai_error, embed, gateway, provider, same_vectors, served_by,
-                                  states, vectors, wait_state)
+from tests.router.helpers import (
+    MODEL,
+    assert_openai_error,
+    embed,
+    gateway,
+    provider,
+    same_vectors,
+    served_by,
+    states,
+    vectors,
+    wait_state,
+)
 from tests.router.upstream import Upstream, upstreams
 
 FLAKY_TIMEOUT_S = 1.0

@@ -13,8 +13,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.router.helpers import (assert_openai_error, embed, gateway, model_entry, provider, same_vectors,
-                                  served_by, states, vectors, wait_state)
+from tests.router.helpers import (
+    assert_openai_error,
+    embed,
+    gateway,
+    model_entry,
+    provider,
+    same_vectors,
+    served_by,
+    states,
+    vectors,
+    wait_state,
+)
 from tests.router.upstream import Upstream, upstreams
 
 SPECS = {"good1": {}, "good2": {}, "wrongv": {"mode": "wrong_vectors"}, "wrongw": {"mode": "wrong_width"}}

@@ -19,8 +19,17 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.router.helpers import (MODEL, assert_openai_error, child_env, embed, serve, served_by, stop, wait_served,
-                                  wait_state)
+from tests.router.helpers import (
+    MODEL,
+    assert_openai_error,
+    child_env,
+    embed,
+    serve,
+    served_by,
+    stop,
+    wait_served,
+    wait_state,
+)
 from tests.router.upstream import Upstream, upstreams
 
 SECRET = f"sk-upstream-{uuid.uuid4().hex}"

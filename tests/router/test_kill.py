@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.router.helpers import embed, gateway, provider, same_vectors, served_by, states, vectors, wait_state
 from tests.conftest import free_port
+from tests.router.helpers import embed, gateway, provider, same_vectors, served_by, states, vectors, wait_state
 from tests.router.upstream import Upstream, upstreams
 
 CLIENTS = 8

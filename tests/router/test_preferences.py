@@ -17,8 +17,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.router.helpers import (MODEL, assert_openai_error, embed, gateway, model_entry, provider, same_vectors,
-                                  served_by, vectors)
+from tests.router.helpers import (
+    MODEL,
+    assert_openai_error,
+    embed,
+    gateway,
+    model_entry,
+    provider,
+    same_vectors,
+    served_by,
+    vectors,
+)
 from tests.router.upstream import Upstream, upstreams
 
 SPECS = {"cheap": {"mode": "slow", "delay_s": 0.4}, "mid": {"mode": "slow", "delay_s": 0.2}, "dear": {}}

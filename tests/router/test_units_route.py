@@ -8,8 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from gigarouter.errors import (InvalidRequest, NoProviderAvailable, ProviderRejected, ProviderUnavailable,
-                               QueueFull)
+from gigarouter.errors import InvalidRequest, NoProviderAvailable, ProviderRejected, ProviderUnavailable, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import EmbedCall, ProviderResult
 from gigarouter.router.health import Health

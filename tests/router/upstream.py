@@ -232,7 +232,7 @@ class Upstream:
         self.log = (log_dir or Path("/tmp")) / f"upstream-{port}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def spawn(self) -> "Upstream":
+    def spawn(self) -> Upstream:
         mode, delay_s = self.initial
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
         with self.log.open("ab") as out:
@@ -242,7 +242,7 @@ class Upstream:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         return self
 
-    def wait_listening(self, timeout: float = 60.0) -> "Upstream":
+    def wait_listening(self, timeout: float = 60.0) -> Upstream:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -257,7 +257,7 @@ class Upstream:
             time.sleep(0.05)
         raise AssertionError(f"upstream on port {self.port} did not listen within {timeout:.0f} s")
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         return self.spawn().wait_listening()
 
     def control(self, mode: str, delay_s: float = 0.0) -> None:

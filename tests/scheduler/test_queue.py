@@ -195,7 +195,7 @@ def test_a_backlog_runs_as_parallel_batches_each_told_it_shares_the_device():
     assert engine.concurrent_calls[:2] == [True, True]
     # Each shared batch gets its share of the budget, so two at once hold one budget's tokens.
     # (If both finish before the loop looks again, the rest may run as one lone full batch.)
-    shared = [b.num_tokens for b, c in zip(engine.batches, engine.concurrent_calls) if c]
+    shared = [b.num_tokens for b, c in zip(engine.batches, engine.concurrent_calls, strict=True) if c]
     assert shared and all(n == 32 for n in shared)
     # Every row is still its own sequence's vector, whichever thread computed it.
     np.testing.assert_array_equal(vectors, FakeEngine().embed(

@@ -103,10 +103,15 @@ def new_email(tag: str = "user") -> str:
 
 
 def sign_up(client: httpx.Client, email: str | None = None, password: str = PASSWORD) -> tuple[str, str]:
-    """Sign up through the HTML form; returns (email, the API key the page showed once)."""
+    """Sign up through the HTML form; returns (email, the API key the page showed once).
+
+    The form's POST redirects (303) to /signup/done, which shows the key once.
+    """
     email = email or new_email()
     token = csrf_of(client.get("/signup").text)
-    page = client.post("/signup", data={"email": email, "password": password, "csrf_token": token})
+    posted = client.post("/signup", data={"email": email, "password": password, "csrf_token": token})
+    assert posted.status_code == 303 and posted.headers["location"] == "/signup/done", posted.text
+    page = client.get("/signup/done")
     assert page.status_code == 200, page.text
     key = re.search(r'<code id="api-key">(gr-[a-z0-9]+-[A-Za-z0-9]+)</code>', page.text)
     assert key, "the sign-up page did not show the key"

@@ -23,9 +23,13 @@ FOCUSABLE = ("a[href], button:not([disabled]), input:not([type=hidden]):not([dis
              "summary, [tabindex]:not([tabindex='-1'])")
 
 
-def sign_up_in_browser(page, email: str) -> str:
-    """Sign up through the form with the keyboard only; returns the key the page showed."""
-    page.goto("/signup")
+def sign_up_in_browser(page, email: str, *, go: bool = True) -> str:
+    """Sign up through the form with the keyboard only; returns the key the page showed.
+
+    ``go=False``: the sign-up page is open already (a link led there).
+    """
+    if go:
+        page.goto("/signup")
     page.keyboard.press("Tab")                      # skip link first
     assert page.evaluate("document.activeElement.textContent.trim()") == "skip to content"
     page.get_by_label("Email").focus()
@@ -40,15 +44,70 @@ def sign_up_in_browser(page, email: str) -> str:
 def shoot(page, name: str) -> None:
     """Desktop and phone screenshots of the current page into docs/screenshots/.
 
-    At phone width the page must not scroll sideways (wide tables and code scroll in their own boxes).
+    At phone width nothing scrolls sideways: not the page, and no table hides columns in a scroll box of
+    its own (only code blocks may scroll inside themselves).
     """
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(size)
-        widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        assert widths[0] <= widths[1], f"{page.url} scrolls sideways at {size['width']} px: {widths}"
+        problems = layout_problems(page)
+        assert not problems, f"{page.url} at {size['width']} px: {problems}"
         page.screenshot(path=str(SCREENSHOTS / f"{name}-{label}.png"), full_page=True)
     page.set_viewport_size(DESKTOP)
+
+
+#: Per table, what each row must show at any width: the cells a reader needs to tell rows apart and
+#: act on them. At phone width each labelled cell must also show its label (the stacked layout).
+KEY_CELLS = {
+    "table.catalog": ["th[scope=row] a", "td.pick input", "td[data-label=Status]", "td[data-label=License]",
+                      "td[data-label='Price / 1M tokens']"],
+    "table.compare": ["th[scope=row]", "td"],
+    "table.bench": ["th[scope=row]", "td"],
+    "table.keys": ["th[scope=row]", "td[data-label=Key]", "td[data-label=Status]"],
+    "table.providers": ["th[scope=row]", "td[data-label=State]", "td[data-label='Price / 1M tokens']"],
+    "table.usage-models": ["th[scope=row]", "td"],
+}
+
+
+def layout_problems(page) -> list[str]:
+    """What scrolls sideways, and which key cells of which table rows are not visible within the page."""
+    return page.evaluate(
+        """(keyCells) => {
+          const problems = [];
+          const doc = document.documentElement, width = doc.clientWidth;
+          if (doc.scrollWidth > width) problems.push(`the page is ${doc.scrollWidth} px wide`);
+          for (const box of document.querySelectorAll('.scroll, .chart-box')) {
+            if (box.getClientRects().length && box.scrollWidth > box.clientWidth + 1)
+              problems.push(`a scroll box (${box.getAttribute('aria-label') || box.getAttribute('aria-labelledby')}) `
+                            + `hides ${box.scrollWidth - box.clientWidth} px sideways`);
+          }
+          const stacked = width <= 44 * 16;
+          for (const [selector, cells] of Object.entries(keyCells)) {
+            for (const table of document.querySelectorAll(selector)) {
+              if (!table.getClientRects().length) continue;         // in a closed <details>
+              for (const row of table.querySelectorAll('tbody tr')) {
+                if (!row.querySelector('th[scope=row]')) continue;   // an empty-state or group-heading row
+                const name = row.querySelector('th[scope=row]').textContent.trim().slice(0, 30);
+                for (const cell of cells) {
+                  const found = [...row.querySelectorAll(cell)];
+                  if (!found.length) problems.push(`${selector} ${name}: no ${cell}`);
+                  for (const el of found) {
+                    const r = el.getBoundingClientRect();
+                    if (!r.width || !r.height || r.left < -0.5 || r.right > width + 0.5)
+                      problems.push(`${selector} ${name}: ${cell} not visible `
+                                    + `(${Math.round(r.left)}..${Math.round(r.right)})`);
+                    if (stacked && el.dataset.label !== undefined && table.matches('.stack, .providers')) {
+                      const label = getComputedStyle(el, '::before').content;
+                      if (label !== JSON.stringify(el.dataset.label))
+                        problems.push(`${selector} ${name}: ${cell} shows no label (${label})`);
+                    }
+                  }
+                }
+              }
+            }
+          }
+          return problems;
+        }""", KEY_CELLS)
 
 
 def test_sign_up_copy_key_call_api_and_see_usage_and_balance(page, live: LiveServer) -> None:
@@ -190,6 +249,84 @@ def test_the_providers_table_stacks_at_phone_width(browser, tmp_path) -> None:
             assert not problems, problems
         finally:
             context.close()
+
+
+def test_no_page_scrolls_sideways_at_phone_width_and_key_columns_show(browser, live: LiveServer) -> None:
+    """Every page at 390 px, as a visitor and signed in with usage: no sideways scroll, no hidden column."""
+    context = browser.new_context(viewport=PHONE, base_url=live.base_url)
+    context.set_default_timeout(15_000)
+    try:
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        for path in [*CATALOG, "/models?status=coming%20soon", "/compare?models=all-minilm-l6-v2", "/signup",
+                     "/signin"]:
+            page.goto(path)
+            assert not layout_problems(page), (path, layout_problems(page))
+            assert page.locator("table.catalog, table.compare, table.bench, table.providers, form").count()
+        rows = page.goto("/models") and page.locator("table.catalog tbody tr")
+        assert rows.first.evaluate("tr => getComputedStyle(tr).display") == "grid"          # a card, not a row
+
+        key = sign_up_in_browser(page, new_email("phone"))
+        page.goto("/dashboard")
+        expect(page.locator("#usage-days-empty")).to_be_visible()                          # the chart's empty state
+        assert page.locator("svg#usage-days").count() == 0
+        r = httpx.post(live.url("/v1/embeddings"), json={"model": "all-minilm-l6-v2", "input": ["hello"]},
+                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200
+        page.reload()
+        assert not layout_problems(page), layout_problems(page)
+        expect(page.locator("svg#usage-days-narrow")).to_be_visible()                     # the phone's drawing
+        expect(page.locator("svg#usage-days")).to_be_hidden()
+        assert page.locator("svg#usage-days-narrow rect").count() == 30
+        expect(page.locator("table.keys tbody tr").first.locator("td[data-label=Key] code")).to_be_visible()
+        page.set_viewport_size(DESKTOP)
+        expect(page.locator("svg#usage-days")).to_be_visible()
+        expect(page.locator("svg#usage-days-narrow")).to_be_hidden()
+        assert not layout_problems(page), layout_problems(page)
+        assert not problems, problems
+    finally:
+        context.close()
+
+
+def test_a_coming_soon_page_on_a_phone_puts_the_call_to_action_first(browser, live: LiveServer) -> None:
+    context = browser.new_context(viewport=PHONE, base_url=live.base_url)
+    try:
+        page = context.new_page()
+        page.goto("/models/linq-embed-mistral")
+
+        def top(selector: str) -> float:
+            return page.locator(selector).bounding_box()["y"]
+
+        assert top("#want") < top("#specs-h") < top("#try") < top("#faq-h")
+        assert top("#want") < PHONE["height"] * 1.5, "the call to action is not near the top"
+        expect(page.locator("#want")).to_contain_text("not yet live")
+        expect(page.locator("#snippets-soon")).to_contain_text("these snippets work once it is")
+        page.set_viewport_size(DESKTOP)          # a wide screen keeps it in the right-hand column
+        want, specs = page.locator("#want").bounding_box(), page.locator("#specs-h").bounding_box()
+        assert want["x"] > specs["x"] + specs["width"] and want["y"] < specs["y"] + 200
+    finally:
+        context.close()
+
+
+def test_sign_up_from_a_model_page_gives_that_models_code_with_the_key(page, live: LiveServer) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.base_url)
+    page.goto("/models/linq-embed-mistral")
+    page.get_by_role("link", name="Sign up for free credit").click()
+    shown = sign_up_in_browser(page, new_email("from-model"), go=False)
+    assert page.url.endswith("/signup/done?next=/models/linq-embed-mistral")    # a GET after the POST
+    expect(page.get_by_role("heading", name="Your first call to Linq-Embed-Mistral")).to_be_visible()
+    curl = page.locator("#first-call").inner_text()
+    assert f"Bearer {shown}" in curl and '"model": "linq-embed-mistral"' in curl
+    assert f'api_key="{shown}"' in page.locator("#first-call-python").inner_text()
+    page.get_by_role("button", name="Copy curl").click()
+    assert page.evaluate("navigator.clipboard.readText()") == curl.strip()
+    shoot(page, "signup-done")
+    page.reload()                                                               # no second POST, no key
+    expect(page.locator("#api-key")).to_have_count(0)
+    expect(page.locator("#new-key")).to_contain_text("create another on your dashboard")
+    page.get_by_role("link", name="Back to Linq-Embed-Mistral").click()
+    assert page.url.endswith("/models/linq-embed-mistral")
 
 
 CATALOG = ["/models", "/models/all-minilm-l6-v2", "/models/linq-embed-mistral", "/compare"]

@@ -60,7 +60,7 @@ def test_compare_page_puts_models_side_by_side(client: httpx.Client) -> None:
     assert "Not in the catalog: not-a-model" in text
     for row in ("Price / 1M tokens", "License", "Parameters", "Max tokens", "Dimensions"):
         assert row in text
-    assert "apache-2.0" in text and "22.7M" in text
+    assert "Apache-2.0" in text and "22.7M" in text
     assert client.get("/compare").status_code == 200
 
 
@@ -203,7 +203,9 @@ def test_voting_signed_out_sends_you_to_sign_in(client: httpx.Client) -> None:
 def test_create_and_revoke_keys_from_the_dashboard(client: httpx.Client, live: LiveServer) -> None:
     sign_up(client)
     token = csrf_of(client.get("/dashboard").text)
-    created = client.post("/dashboard/keys", data={"name": "ci", "csrf_token": token})
+    posted = client.post("/dashboard/keys", data={"name": "ci", "csrf_token": token})
+    assert posted.status_code == 303 and posted.headers["location"] == "/dashboard#new-key"
+    created = client.get("/dashboard")       # shows the new key once
     assert created.status_code == 200
     key = re.search(r'<code id="api-key">(gr-[^<]+)</code>', created.text).group(1)
     body = {"model": "all-minilm-l6-v2", "input": "hi"}
@@ -227,6 +229,39 @@ def test_nobody_revokes_another_accounts_key(client: httpx.Client, live: LiveSer
         r = attacker.post(f"/dashboard/keys/{victim_keys[0]}/revoke", data={"csrf_token": token})
         assert r.status_code == 404
     assert "badge live\">active" in client.get("/dashboard").text
+
+
+def test_a_new_key_is_shown_once_and_a_reload_does_not_post_again(client: httpx.Client) -> None:
+    sign_up(client)
+    token = csrf_of(client.get("/dashboard").text)
+    client.post("/dashboard/keys", data={"name": "once", "csrf_token": token})
+    first = client.get("/dashboard").text
+    assert re.search(r'<code id="api-key">gr-', first)
+    again = client.get("/dashboard").text                   # the reload: a GET, no second key
+    assert 'id="api-key"' not in again
+    assert again.count('aria-label="Revoke key once"') == 1
+
+
+def test_sign_up_from_a_model_page_shows_that_models_code_with_the_key_in_it(client: httpx.Client) -> None:
+    page = client.get("/models/linq-embed-mistral").text
+    assert 'href="/signup?next=/models/linq-embed-mistral"' in page
+    form = client.get("/signup", params={"next": "/models/linq-embed-mistral"}).text
+    assert 'name="next" value="/models/linq-embed-mistral"' in form and "call Linq-Embed-Mistral" in form
+    posted = client.post("/signup", data={"email": new_email(), "password": PASSWORD, "csrf_token": csrf_of(form),
+                                          "next": "/models/linq-embed-mistral"})
+    assert posted.status_code == 303 and posted.headers["location"] == "/signup/done?next=/models/linq-embed-mistral"
+    done = client.get(posted.headers["location"])
+    key = re.search(r'<code id="api-key">(gr-[^<]+)</code>', done.text).group(1)
+    text = done.text.replace("&#34;", '"')
+    assert f'Authorization: Bearer {key}' in text and f'api_key="{key}"' in text       # the key in both snippets
+    assert '"model": "linq-embed-mistral"' in text and "Your first call to Linq-Embed-Mistral" in text
+    assert "this code works once it is" in text_of(done.text)                         # coming soon here
+    assert 'data-copy="first-call"' in done.text and 'data-copy="api-key"' in done.text
+    reloaded = client.get(posted.headers["location"]).text                              # shown once
+    assert key not in reloaded and "create another on your dashboard" in text_of(reloaded)
+    assert "$GIGAROUTER_API_KEY" in reloaded and "Your first call to Linq-Embed-Mistral" in reloaded
+    assert client.get("/signup/done", params={"next": "https://evil.example/"}).status_code == 200
+    assert "evil.example" not in client.get("/signup/done", params={"next": "https://evil.example/"}).text
 
 
 # -- try it ----------------------------------------------------------------------------------------

@@ -34,11 +34,11 @@ LINQ = [
     "achieving top scores on the MTEB benchmark.",
     "est. price ~$0.008 / 1M tokens · estimated, set at launch",
     "downloads / mo 14.7K",
-    "license cc-by-nc-4.0",
+    "license CC-BY-NC-4.0",   # one format for licenses: SPDX ids (the seed says cc-by-nc-4.0)
     # specs
     "Task Text embedding & retrieval",
     "Architecture Mistral-7B transformer decoder with grouped-query attention and sliding window attention",
-    "Parameters 7 billion",
+    "Parameters 7B",          # one format for parameters (the seed says 7 billion)
     # about
     "Linq-Embed-Mistral is an embedding model that generates high-quality text representations optimized for "
     "retrieval tasks, built upon the E5-mistral-7b-instruct and Mistral-7B-v0.1 foundations.",
@@ -94,9 +94,9 @@ LLM2VEC = [
     "using bidirectional attention and unsupervised contrastive learning.",
     "status coming soon",
     "downloads / mo 24.7K",
-    "license mit",
+    "license MIT",
     # specs
-    "Task Text Embedding",
+    "Task Text embedding",    # one format for tasks: sentence case (the seed says Text Embedding)
     "Architecture Mistral 7B decoder-only with bidirectional attention",
     "Parameters 7B",
     "License MIT",
@@ -211,4 +211,4 @@ def test_compare_shows_benchmark_scores_side_by_side(client: httpx.Client) -> No
     # Linq's own row, and e5-mistral's scores as reported in Linq's table; LLM2Vec reports none.
     assert "Retrieval (15 datasets) 60.2 (best) 56.9 —" in text
     assert "Average (56 datasets) 68.2 (best) 66.6 —" in text
-    assert "License cc-by-nc-4.0" in text and "Price / 1M tokens ~$0.008" in text
+    assert "License CC-BY-NC-4.0" in text and "Price / 1M tokens ~$0.008" in text

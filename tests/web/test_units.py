@@ -17,7 +17,6 @@ from gigarouter.web.limits import SlidingWindow
 from gigarouter.web.routes.auth import safe_next
 from gigarouter.web.users import EmailTaken, WebStore
 
-
 # -- formatting ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("value", "estimated", "text"), [
@@ -250,3 +249,79 @@ def test_eviction_never_counts_an_event_twice() -> None:
             assert window.allow("a", now=2.5)        # its third event: one left in the bucket's merged copy
     assert not window.allow("a", now=10.0)
     assert window.allow("fresh", now=61.0)            # the window passed: everyone is free again
+
+
+# -- one format per fact ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("7 billion", "7B"), ("7B", "7B"), ("22.7M", "22.7M"), ("1.5 Billion", "1.5B"), ("335 million", "335M"),
+    ("110m", "110M"), ("about 7B", "about 7B"), (None, "—"),
+])
+def test_parameters_read_one_way(raw, shown) -> None:
+    assert formatting.parameters(raw) == shown
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("mit", "MIT"), ("MIT", "MIT"), ("apache-2.0", "Apache-2.0"), ("cc-by-nc-4.0", "CC-BY-NC-4.0"),
+    ("some-custom-license", "some-custom-license"), (None, "—"),
+])
+def test_licenses_read_as_spdx_ids(raw, shown) -> None:
+    assert formatting.license_name(raw) == shown
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("Text Embedding", "Text embedding"), ("Text embedding & retrieval", "Text embedding & retrieval"),
+    ("sentence embedding", "Sentence embedding"), ("MTEB Retrieval", "MTEB retrieval"),
+])
+def test_tasks_read_in_sentence_case(raw, shown) -> None:
+    assert formatting.task_name(raw) == shown
+
+
+def test_every_card_reads_in_one_format() -> None:
+    import re
+
+    from gigarouter.catalog.cards import load_cards
+
+    for card in load_cards().values():
+        assert re.fullmatch(r"\d+(\.\d+)?[KMBT]", formatting.parameters(card.parameters)), card.parameters
+        assert formatting.license_name(card.license) != card.license or card.license.isupper(), card.license
+        rows = dict(catalog.spec_rows(card))
+        assert rows["License"] == formatting.license_name(card.license)     # an extra spec restating it too
+        assert rows["Task"] == formatting.task_name(card.task) == formatting.task_name(rows["Task"])
+
+
+def test_task_filter_matches_whatever_case_the_card_uses() -> None:
+    models = views(card("a", task="Text Embedding"), card("b", task="Text embedding"), card("c", task="Other"))
+    assert catalog.facets(models)["task"] == ["Other", "Text embedding"]
+    text_embedding = catalog.Filters.parse(status=None, license=None, task="Text embedding", sort="name")
+    chosen = catalog.select(models, text_embedding)
+    assert [m.slug for m in chosen] == ["a", "b"]
+
+
+def test_charts_have_a_narrow_drawing_for_phones() -> None:
+    points = [(f"Nov {d}", float(d)) for d in range(1, 31)]
+    wide = charts.columns(points, chart_id="w", title="t", desc="d", unit="tokens")
+    narrow = charts.columns(points, chart_id="n", title="t", desc="d", unit="tokens", width=360, label_every=7,
+                            variant="narrow")
+    assert 'class="chart wide"' in wide and 'class="chart narrow"' in narrow and 'viewBox="0 0 360 220"' in narrow
+    labels = [x for x in narrow.split("text-anchor=\"middle\">")[1:]]
+    assert [x.split("<")[0] for x in labels] == ["Nov 1", "Nov 8", "Nov 15", "Nov 22", "Nov 29"]  # Nov 30 too close
+    bars = charts.bars([("a-very-long-model-name-for-a-phone", 5.0)], chart_id="b", title="t", desc="d",
+                       unit="tokens", width=360, label_w=130, value_w=50, variant="narrow")
+    assert ">a-very-long-model…<" in bars and "a-very-long-model-name-for-a-phone: 5 tokens" in bars
+
+
+def test_flash_notes_are_read_once_and_expire() -> None:
+    from gigarouter.web.flash import FlashStore
+
+    now = [0.0]
+    store = FlashStore(ttl_s=10, max_notes=2, clock=lambda: now[0])
+    store.put("session-a", "new-key", "k1")
+    assert store.take("session-b", "new-key") is None and store.take("session-a", "other") is None
+    assert store.take("session-a", "new-key") == "k1" and store.take("session-a", "new-key") is None
+    store.put("session-a", "new-key", "k2")
+    now[0] = 11
+    assert store.take("session-a", "new-key") is None                     # expired
+    for i in range(3):
+        store.put(f"s{i}", "new-key", i)
+    assert store.take("s0", "new-key") is None and store.take("s2", "new-key") == 2   # at most max_notes kept

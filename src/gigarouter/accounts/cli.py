@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -36,13 +36,13 @@ err = Console(stderr=True)
 MAX_EXPIRY_DAYS = 36_500      # a hundred years
 out = Console(highlight=False, soft_wrap=True)
 
-DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", help="SQLAlchemy URL; default: SQLite "
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL; default: SQLite "
                                                     "file in the data directory. postgresql://... for Postgres.")]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the SQLite file and server secret live.")]
-ConfigFile = Annotated[Optional[Path], typer.Option(
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the SQLite file and server secret live.")]
+ConfigFile = Annotated[Path | None, typer.Option(
     "--config", "-c", help="The server's TOML file: its database_url, data_dir and server_secret are used "
     "(flags override them), so keys made here verify on that server.", dir_okay=False)]
-Scopes = Annotated[Optional[list[str]], typer.Option("--scope", help=f"Repeatable: {', '.join(keys.SCOPES)}. "
+Scopes = Annotated[list[str] | None, typer.Option("--scope", help=f"Repeatable: {', '.join(keys.SCOPES)}. "
                                                      "Default: embed, usage:read, keys:manage.")]
 
 
@@ -92,8 +92,8 @@ def _show_new_key(created: CreatedKey) -> None:
 
 @accounts_app.command("create")
 def accounts_create(
-    email: Annotated[Optional[str], typer.Option(help="Contact email (optional, unique).")] = None,
-    credit: Annotated[Optional[str], typer.Option(help="Opening credit in USD, e.g. 5 or 0.25; default: "
+    email: Annotated[str | None, typer.Option(help="Contact email (optional, unique).")] = None,
+    credit: Annotated[str | None, typer.Option(help="Opening credit in USD, e.g. 5 or 0.25; default: "
                                                   "the sign-up credit from settings.")] = None,
     name: Annotated[str, typer.Option(help="Name of the first key.")] = "default",
     scope: Scopes = None,
@@ -127,12 +127,12 @@ def accounts_list(limit: Annotated[int, typer.Option(help="At most this many.")]
 @keys_app.command("create")
 def keys_create(
     account_id: Annotated[str, typer.Argument(help="The account the key belongs to.")],
-    name: Annotated[Optional[str], typer.Option(help="A label for the key.")] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     scope: Scopes = None,
-    expires_in_days: Annotated[Optional[float], typer.Option(help="Expire after this many days.")] = None,
-    spend_cap: Annotated[Optional[str], typer.Option(help="Most this key may ever spend, in USD.")] = None,
-    rpm: Annotated[Optional[int], typer.Option(help="Requests per minute.", min=1, max=MAX_RATE)] = None,
-    tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute.", min=1, max=MAX_RATE)] = None,
+    expires_in_days: Annotated[float | None, typer.Option(help="Expire after this many days.")] = None,
+    spend_cap: Annotated[str | None, typer.Option(help="Most this key may ever spend, in USD.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.", min=1, max=MAX_RATE)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.", min=1, max=MAX_RATE)] = None,
     database_url: DatabaseUrl = None, data_dir: DataDir = None, config: ConfigFile = None,
 ) -> None:
     """Create an API key; it is printed once, to stdout."""
@@ -142,7 +142,7 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(account: Annotated[Optional[str], typer.Option(help="Only this account's keys.")] = None,
+def keys_list(account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
               database_url: DatabaseUrl = None, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (prefixes only; secrets are never stored)."""
     with _store(database_url, data_dir, config) as store:
@@ -177,7 +177,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_..
 def credits_grant(
     account_id: Annotated[str, typer.Argument(help="The account to credit.")],
     amount: Annotated[str, typer.Argument(help="USD, e.g. 10 or 0.5; negative (after --) takes credit back.")],
-    note: Annotated[Optional[str], typer.Option(help="Why (kept in the ledger).")] = None,
+    note: Annotated[str | None, typer.Option(help="Why (kept in the ledger).")] = None,
     database_url: DatabaseUrl = None, data_dir: DataDir = None, config: ConfigFile = None,
 ) -> None:
     """Add credit to an account (one ledger entry)."""

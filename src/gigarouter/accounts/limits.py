@@ -55,7 +55,7 @@ class Limiter(Protocol):
 def _dims(limit: Limit, requests: int, tokens: int) -> list[tuple[str, int, int]]:
     """(name, capacity, cost) for each limited dimension; refuses a cost no bucket could ever hold."""
     dims = [(name, cap, cost) for name, cap, cost in zip(_DIMENSIONS, (limit.requests, limit.tokens),
-                                                        (requests, tokens)) if cap is not None]
+                                                        (requests, tokens), strict=True) if cap is not None]
     for name, cap, cost in dims:
         if cost > cap:
             raise RateLimited(f"this request needs {cost} {name} but the key's limit is {cap} {name} "
@@ -66,12 +66,12 @@ def _dims(limit: Limit, requests: int, tokens: int) -> list[tuple[str, int, int]
 def _outcome(dims: list[tuple[str, int, int]], levels: list[float], *, allowed: bool, wait_s: float,
              period_s: float) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for (name, cap, _), level in zip(dims, levels):
+    for (name, cap, _), level in zip(dims, levels, strict=True):
         headers[f"x-ratelimit-limit-{name}"] = str(cap)
         headers[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(level + 1e-9)))
         headers[f"x-ratelimit-reset-{name}"] = _duration((cap - level) * period_s / cap)
     if not allowed:
-        short = ", ".join(name for (name, _, cost), level in zip(dims, levels) if cost > level)
+        short = ", ".join(name for (name, _, cost), level in zip(dims, levels, strict=True) if cost > level)
         raise RateLimited(f"rate limit reached for {short}; retry in {_duration(wait_s)}",
                           retry_after=wait_s, headers=headers)
     return headers
@@ -106,12 +106,13 @@ class InProcessLimiter:
         with self._lock:
             now = self._clock()
             names = [f"{bucket}:{name}" for name, _, _ in dims]
-            levels = [self._level(n, cap, now, limit.period_s) for n, (_, cap, _) in zip(names, dims)]
-            waits = [(cost - lvl) * limit.period_s / cap for (_, cap, cost), lvl in zip(dims, levels) if cost > lvl]
+            levels = [self._level(n, cap, now, limit.period_s) for n, (_, cap, _) in zip(names, dims, strict=True)]
+            waits = [(cost - lvl) * limit.period_s / cap
+                     for (_, cap, cost), lvl in zip(dims, levels, strict=True) if cost > lvl]
             allowed = not waits
             if allowed:
-                levels = [lvl - cost for (_, _, cost), lvl in zip(dims, levels)]
-                for name, level in zip(names, levels):
+                levels = [lvl - cost for (_, _, cost), lvl in zip(dims, levels, strict=True)]
+                for name, level in zip(names, levels, strict=True):
                     self._buckets[name] = (level, now)
                 self._evict(now, limit.period_s)
         return _outcome(dims, levels, allowed=allowed, wait_s=max(waits, default=0.0), period_s=limit.period_s)
@@ -183,7 +184,7 @@ class RedisLimiter:
         self.fallbacks = 0                        # calls limited in-process because Redis failed
 
     @classmethod
-    def from_url(cls, url: str, *, max_connections: int = 32, **kwargs) -> "RedisLimiter":
+    def from_url(cls, url: str, *, max_connections: int = 32, **kwargs) -> RedisLimiter:
         import redis.asyncio
 
         # A bounded pool that makes callers queue for a connection: under a burst,

@@ -33,12 +33,15 @@ from gigarouter.accounts import auth, idempotency, keys, ledger, migrations, rec
 from gigarouter.accounts.db import is_sqlite, make_engine, transaction
 from gigarouter.accounts.gate import Charge, Gate, IdempotencySlot, OpenGate, Principal
 from gigarouter.accounts.limits import InProcessLimiter, Limit, Limiter, RedisLimiter
-from gigarouter.accounts.store import (AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow,
-                                      check_email)
+from gigarouter.accounts.store import AccountInfo, AccountStore, CreatedKey, KeyInfo, KeySpec, UsageRow, check_email
 from gigarouter.errors import Conflict, Forbidden, InvalidRequest, NotReady
 from gigarouter.settings import DEFAULT_RPM, DEFAULT_TPM, Settings
 
 log = logging.getLogger(__name__)
+
+#: An operator-created account's first key: default name and scopes (KeySpec is frozen, so one instance is safe).
+_DEFAULT_KEY = KeySpec()
+
 T = TypeVar("T")
 
 
@@ -77,7 +80,7 @@ class DatabaseGate:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, limiter: Limiter | None = None, migrate: bool | None = None,
-                      options: GateOptions = GateOptions()) -> "DatabaseGate":
+                      options: GateOptions = GateOptions()) -> DatabaseGate:
         """``migrate`` None: upgrade a SQLite database at start; Postgres must be upgraded explicitly."""
         url = settings.resolved_database_url
         if settings.server_secret is None and not is_sqlite(url):
@@ -321,7 +324,7 @@ class DatabaseGate:
         return account, key
 
     async def create_account(self, *, email: str | None = None, credit_micro: int = 0,
-                             key: KeySpec | None = KeySpec()) -> tuple[AccountInfo, CreatedKey | None]:
+                             key: KeySpec | None = _DEFAULT_KEY) -> tuple[AccountInfo, CreatedKey | None]:
         """An account opened by the operator (no sign-up limits), with ``credit_micro`` and a first key."""
         return await self._run(self.store.create_account, email=email, credit_micro=credit_micro, key=key,
                                note="opening credit")

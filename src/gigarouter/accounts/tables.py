@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import (BigInteger, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, LargeBinary,
-                        MetaData, String, TypeDecorator, UniqueConstraint)
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Autoincrementing 64-bit ids; SQLite only autoincrements a column declared INTEGER.

@@ -12,8 +12,12 @@ from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.service import build_gate
 from gigarouter.api import openapi
 from gigarouter.api.errors import install_error_handlers
-from gigarouter.api.middleware import (ApiCorsMiddleware, ClientAddressMiddleware, RequestContextMiddleware,
-                                       redact_access_log)
+from gigarouter.api.middleware import (
+    ApiCorsMiddleware,
+    ClientAddressMiddleware,
+    RequestContextMiddleware,
+    redact_access_log,
+)
 from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader

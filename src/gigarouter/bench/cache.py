@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 
 from gigarouter.bench.corpus import TokenCounter, mixed_corpus
-from gigarouter.bench.loadgen import Request, Target, build_requests, make_client, run_load
+from gigarouter.bench.loadgen import Request, Target, build_requests, run_load
 from gigarouter.bench.machine import machine_info
 
 CONFIGS = ("off", "memory", "redis")
@@ -156,7 +156,7 @@ def run_cache_bench(opts: CacheBenchOptions, *, command: str, log: Callable[[str
         log(f"round {rnd + 1}/{opts.rounds}: starting {', '.join(s.name for s in specs)}")
         running = servers.start_all(specs, log_dir=opts.log_dir)
         try:
-            by_config = dict(zip(opts.configs, running))
+            by_config = dict(zip(opts.configs, running, strict=False))
             order = list(opts.configs) if rnd % 2 == 0 else list(reversed(opts.configs))
             for s, stream in enumerate(streams):
                 for config in order:
@@ -198,8 +198,8 @@ def summarize(result: dict) -> list[dict]:
             if not mine:
                 continue
             base = {r["round"]: r for r in runs if r["stream"] == s and r["config"] == "off"}
-            ratio = lambda f: (float(np.mean([f(r) / f(base[r["round"]]) for r in mine]))  # noqa: E731
-                               if base else None)
+            ratio = lambda f, mine=mine, base=base: (  # noqa: E731
+                float(np.mean([f(r) / f(base[r["round"]]) for r in mine])) if base else None)
             rows.append({
                 "stream": s, "inputs_per_request": stream["inputs_per_request"],
                 "concurrency": stream["concurrency"], "config": config,

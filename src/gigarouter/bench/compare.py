@@ -151,7 +151,7 @@ async def _matrix(running: list[srv.RunningServer], texts, counts, opts: Compare
             if cell.concurrency == 1:
                 results = await run_paired([_target(s) for s in running], reqs, duration=opts.duration,
                                            server_pids=[s.pid for s in running])
-                for s, res in zip(running, results):
+                for s, res in zip(running, results, strict=True):
                     record(s.spec.name, rnd, cell, res)
                 continue
             for s in (running if (rnd + k) % 2 == 0 else running[::-1]):
@@ -169,7 +169,7 @@ async def _query_latency(running: list[srv.RunningServer], corpus, counter, opts
     bulk = build_requests(passages, counter.counts(passages), inputs_per_request=32)
     idle = await run_paired([_target(s) for s in running], query_reqs, duration=opts.latency_idle)
     out = {}
-    for s, idle_res in zip(running, idle):
+    for s, idle_res in zip(running, idle, strict=True):
         log(f"query latency under bulk load: {s.spec.name}")
         res = await query_latency_under_load(_target(s), queries=query_reqs, bulk=bulk, bulk_concurrency=4,
                                              idle_seconds=0, loaded_seconds=opts.latency_loaded)

@@ -66,7 +66,7 @@ class Corpus:
         return len(self.texts)
 
     def of_kind(self, kind: str) -> tuple[str, ...]:
-        return tuple(t for t, k in zip(self.texts, self.kinds) if k == kind)
+        return tuple(t for t, k in zip(self.texts, self.kinds, strict=True) if k == kind)
 
 
 def _word_sampler(rng: np.random.Generator) -> Callable[[int], list[str]]:
@@ -155,7 +155,7 @@ class TokenCounter:
         self.max_tokens = max_tokens
 
     @classmethod
-    def for_model_dir(cls, model_dir: Path, *, cap: bool = True) -> "TokenCounter":
+    def for_model_dir(cls, model_dir: Path, *, cap: bool = True) -> TokenCounter:
         limit = None
         st_config = Path(model_dir) / "sentence_bert_config.json"
         if cap and st_config.exists():

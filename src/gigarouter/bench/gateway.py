@@ -226,7 +226,7 @@ def summarize(runs: list[dict], targets: list[str], concurrency: int) -> dict:
             "failed": sum(r["failed"] for r in low + high)}
 
     def paired(a: str, b: str, connections: int, key: str, op) -> list[float]:
-        return [op(x[key], y[key]) for x, y in zip(cell(a, connections), cell(b, connections))]
+        return [op(x[key], y[key]) for x, y in zip(cell(a, connections), cell(b, connections), strict=False)]
 
     ratio, minus = (lambda x, y: x / y if y else None), (lambda x, y: x - y)
     pairs: dict = {}

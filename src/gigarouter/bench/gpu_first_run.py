@@ -302,7 +302,7 @@ def run(*, tiny: bool, device: torch.device, seconds: float, attention_want: str
         log(f"[{phases[name] - t_all:6.1f} s] {name}")
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:   # noqa: BLE001 - the first GPU run must report everything it can
+        except Exception as exc:
             report["errors"][name] = f"{type(exc).__name__}: {exc}"
             log(f"    {name} failed: {report['errors'][name]}")
             return None
@@ -344,7 +344,7 @@ def run(*, tiny: bool, device: torch.device, seconds: float, attention_want: str
     report["engine_attention_calls"] = dict(attention.PATH_CALLS - before)
     phases["end"] = time.perf_counter()
     names = list(phases)
-    report["phase_seconds"] = {a: phases[b] - phases[a] for a, b in zip(names, names[1:])}
+    report["phase_seconds"] = {a: phases[b] - phases[a] for a, b in zip(names, names[1:], strict=False)}
     report["total_seconds"] = time.perf_counter() - t_all
     report["failures"] = failures(report)
     return report
@@ -395,7 +395,8 @@ def table(report: dict) -> str:
     if (r := report["ready_during_bulk"]) is not None:
         lines.append(f"health during bulk    max {r['health_ms_max']:.3f} ms over {r['health_calls']} calls in a "
                      f"{r['bulk_seconds']:.1f} s batch of {r['bulk_tokens']} tokens; loop lag max "
-                     f"{r['loop_lag_ms_max']:.1f} ms; old synchronize on the loop: {_ms(r['old_health_synchronize_ms'])}")
+                     f"{r['loop_lag_ms_max']:.1f} ms; old synchronize on the loop: "
+                     f"{_ms(r['old_health_synchronize_ms'])}")
     if (t := report["throughput"]) is not None:
         lines.append(f"{t['doc_len']}-token docs       ours {t['ours']['tokens_per_s']:.0f} tokens/s "
                      f"({100 * t['ours']['fraction_of_matmul_peak']:.1f}% of matmul peak), transformers "

@@ -82,7 +82,8 @@ def profile_small_model(passes: int = 20) -> dict:
 
     cfg = MistralConfig.from_hf(gpu_fidelity.TINY)
     weights = {k: v.float() for k, v in random_weights(cfg, torch.device("cpu")).items()}
-    engine = TorchEngine(model_on(cfg, weights, causal=True), pooling=PoolingMode.MEAN, dim=cfg.hidden_size, device=torch.device("cpu"),
+    engine = TorchEngine(model_on(cfg, weights, causal=True), pooling=PoolingMode.MEAN, dim=cfg.hidden_size,
+                         device=torch.device("cpu"),
                          token_budget=1024, max_seq_len=300)
     batch = pack([engine._token_ids(n, i) for i, n in enumerate(BATCHES["28 mixed (1-300 tokens)"][:7])])
     engine.embed(batch)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name:<26} {path:<6}: {row['launching_ops']:>5} kernel launches per pass "
                   f"({row['ops']} ops), host planning {row['planning_ms']:.2f} ms", flush=True)
     prof = profile_small_model()
-    print(f"2-layer model on this CPU: {prof['ms_per_pass']:.1f} ms per pass; layout {100 * prof['layout_build_share']:.1f}%, "
+    print(f"2-layer model on this CPU: {prof['ms_per_pass']:.1f} ms per pass; "
+          f"layout {100 * prof['layout_build_share']:.1f}%, "
           f"uploads {100 * prof['upload_share']:.1f}%, pooling {100 * prof['pooling_share']:.1f}%")
     report = {"shape": "mistral-7b (meta device)", "rows": rows, "small_model_profile": prof,
               "torch": torch.__version__}

@@ -239,4 +239,4 @@ async def run_paired(targets: Sequence[Target], requests: Sequence[Request], *, 
     per_request = max((len(r.texts) for r in requests), default=0)
     return [LoadResult(concurrency=1, inputs_per_request=per_request, wall_seconds=sum(x.latency for x in s),
                        samples=s, server_cpu_seconds=(b - a) if a is not None and b is not None else None)
-            for s, a, b in zip(samples, cpu0, cpu1)]
+            for s, a, b in zip(samples, cpu0, cpu1, strict=True)]

@@ -46,7 +46,7 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 def machine_info(*, device: str = "cpu") -> dict:
     info = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -191,7 +191,8 @@ def _paired(targets, queries, rnd: int, opts: RayBenchOptions, roots: tuple[int,
     before = tree_cpu_seconds(*roots)
     results = asyncio.run(run_paired(list(targets.values()), queries, duration=opts.latency_seconds))
     after = tree_cpu_seconds(*roots)
-    rows = [res.to_dict() | {"target": name, "load": "latency", "round": rnd} for name, res in zip(targets, results)]
+    rows = [res.to_dict() | {"target": name, "load": "latency", "round": rnd}
+            for name, res in zip(targets, results, strict=False)]
     inputs = sum(row["inputs"] for row in rows)
     for row in rows:   # the three alternate request by request: one CPU figure for all of them
         row["cpu_ms_per_input_all_targets"] = (1e3 * (after - before) / max(1, inputs)

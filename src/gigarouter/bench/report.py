@@ -157,8 +157,8 @@ def plot_compare(result: dict, directory: Path, stem: str = "compare") -> list[P
     for k, name in enumerate(names):
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(cells))]
         vals = [c["servers"].get(name, {}).get("inputs_per_s", 0) for c in cells]
-        lo = [v - c["servers"].get(name, {}).get("inputs_per_s_min", v) for v, c in zip(vals, cells)]
-        hi = [c["servers"].get(name, {}).get("inputs_per_s_max", v) - v for v, c in zip(vals, cells)]
+        lo = [v - c["servers"].get(name, {}).get("inputs_per_s_min", v) for v, c in zip(vals, cells, strict=True)]
+        hi = [c["servers"].get(name, {}).get("inputs_per_s_max", v) - v for v, c in zip(vals, cells, strict=True)]
         ax.bar(xs, vals, width, yerr=[lo, hi], capsize=3, label=name)
     for name, style in (("sentence-transformers", "--"), ("gigarouter-embedder", ":")):
         if result.get("offline"):

@@ -75,7 +75,7 @@ class ModelCard:
         return (self.slug, self.hub_id, *self.aliases)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, raw: dict[str, Any]) -> ModelCard:
         raw = dict(raw)
         raw["benchmarks"] = tuple(BenchmarkRow(model=b["model"], scores=dict(b["scores"]))
                                   for b in raw.get("benchmarks", ()))

@@ -41,7 +41,7 @@ class LoraConfig:
     alpha_pattern: dict[str, float] | None = None
 
     @classmethod
-    def read(cls, adapter_dir: Path) -> "LoraConfig":
+    def read(cls, adapter_dir: Path) -> LoraConfig:
         path = adapter_dir / "adapter_config.json"
         if not path.exists():
             raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter: no adapter_config.json")
@@ -87,7 +87,8 @@ def read_lora_pairs(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Te
     """module path (PEFT prefix removed) -> (A [r, in], B [out, r]) in float32."""
     path = adapter_dir / "adapter_model.safetensors"
     if not path.exists():
-        hint = " (only adapter_model.safetensors is read; convert the .bin)" if (adapter_dir / "adapter_model.bin").exists() else ""
+        has_bin = (adapter_dir / "adapter_model.bin").exists()
+        hint = " (only adapter_model.safetensors is read; convert the .bin)" if has_bin else ""
         raise ModelLoadError(f"no adapter_model.safetensors in {adapter_dir}{hint}")
     f = SafetensorsFile(path)
     halves: dict[str, dict[str, torch.Tensor]] = {}
@@ -123,7 +124,7 @@ def merge_loras(model: nn.Module, adapter_dirs: list[Path], *, dtype: torch.dtyp
     device); weights keep their dtype (``dtype``, when given, only checks it).
     Returns the number of weights changed.
     """
-    key = checkpoint_key or getattr(model, "checkpoint_key")
+    key = checkpoint_key or model.checkpoint_key
     params = dict(model.named_parameters())
     deltas: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
     for adapter_dir in adapter_dirs:

@@ -32,7 +32,7 @@ from torch import nn
 
 from gigarouter.engine import transfer
 from gigarouter.engine.base import PackedBatch, pack
-from gigarouter.engine.heartbeat import Heartbeat, HealthState
+from gigarouter.engine.heartbeat import HealthState, Heartbeat
 from gigarouter.engine.models.attention import GRID, AttentionChoice, select_attention
 from gigarouter.errors import EngineOutOfMemory, ModelLoadError
 from gigarouter.pooling.pooling import PoolingMode, pool

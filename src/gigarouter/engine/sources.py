@@ -45,6 +45,14 @@ class ResolvedCheckpoint:
     sources: tuple[str, ...] = field(default=())   # what was resolved, for logs and `models list`
 
 
+class HubUnreachable(ModelLoadError):
+    """A Hub id that is not in the local cache, and the Hub cannot be reached (or offline is set)."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(offline_message(ref))
+        self.ref = ref
+
+
 def offline_message(ref: str) -> str:
     return (f"model {ref} is not in the local cache and the Hub cannot be reached; run "
             f"`gigarouter models pull {ref}` where there is network, or point `weights` at a directory")
@@ -96,17 +104,23 @@ class Fetcher:
 
     def _download(self, repo_id: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         try:
             return Path(snapshot_download(
                 repo_id, revision=revision, cache_dir=self.cache_dir, local_files_only=self.offline,
                 allow_patterns=ALLOW_PATTERNS, endpoint=self.endpoint, tqdm_class=None if self.progress else _Silent))
         except LocalEntryNotFoundError:
-            raise ModelLoadError(offline_message(repo_id)) from None
+            raise HubUnreachable(repo_id) from None
         except GatedRepoError:
-            raise ModelLoadError(f"model {repo_id} is gated on the Hub: accept its terms there and set HF_TOKEN") from None
+            raise ModelLoadError(f"model {repo_id} is gated on the Hub: accept its terms there "
+                                 "and set HF_TOKEN") from None
         except RepositoryNotFoundError:
             raise ModelLoadError(f"model {repo_id} was not found on the Hub (private? set HF_TOKEN)") from None
         except RevisionNotFoundError:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class PoolingMode(str, Enum):
+class PoolingMode(StrEnum):
     MEAN = "mean"
     LAST = "last"
     CLS = "cls"

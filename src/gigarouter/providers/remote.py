@@ -39,7 +39,7 @@ class RemoteProvider:
     kind = "remote"
 
     def __init__(self, config: ProviderConfig, *, environ: Mapping[str, str] = os.environ) -> None:
-        import httpx   # the HTTP client is only needed where a remote is configured
+        import httpx  # the HTTP client is only needed where a remote is configured
 
         self.config = config
         self.name = config.name

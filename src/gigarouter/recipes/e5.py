@@ -25,8 +25,15 @@ from tokenizers import Encoding, Tokenizer
 
 from gigarouter.errors import InvalidRequest, ModelLoadError
 from gigarouter.pooling.modes import PoolingMode
-from gigarouter.recipes.base import (InputType, Instructions, PreparedInput, Truncate, check_token_ids, fit,
-                                     load_tokenizer)
+from gigarouter.recipes.base import (
+    InputType,
+    Instructions,
+    PreparedInput,
+    Truncate,
+    check_token_ids,
+    fit,
+    load_tokenizer,
+)
 
 MAX_TOKENS = 4096
 
@@ -44,7 +51,7 @@ class E5Recipe:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path, *, instructions: Instructions | None = None,
-                        max_tokens: int | None = None) -> "E5Recipe":
+                        max_tokens: int | None = None) -> E5Recipe:
         tokenizer = load_tokenizer(checkpoint_dir)
         bos, eos = _special_tokens(checkpoint_dir)
         ids = [tokenizer.token_to_id(t) for t in (bos, eos)]

@@ -31,8 +31,15 @@ from tokenizers import Tokenizer
 
 from gigarouter.errors import InputTooLong, InvalidRequest, ModelLoadError
 from gigarouter.pooling.modes import PoolingMode
-from gigarouter.recipes.base import (InputType, Instructions, PreparedInput, Truncate, check_token_ids, fit,
-                                     load_tokenizer)
+from gigarouter.recipes.base import (
+    InputType,
+    Instructions,
+    PreparedInput,
+    Truncate,
+    check_token_ids,
+    fit,
+    load_tokenizer,
+)
 
 SEPARATOR = "!@#$%^&*()"
 #: Base names for which llm2vec wraps inputs in the chat template (prepare_for_tokenization).
@@ -97,7 +104,7 @@ class Llm2VecRecipe:
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path, *, instructions: Instructions | None = None,
                         max_tokens: int | None = None, base_name: str | None = None,
-                        template: Template | None = None) -> "Llm2VecRecipe":
+                        template: Template | None = None) -> Llm2VecRecipe:
         """``checkpoint_dir`` holds tokenizer.json. ``template`` is the decision made from the
         model's identity (``choose_template``); without one, ``base_name`` (default:
         ``_name_or_path`` in checkpoint_dir/config.json) decides, as in the library."""

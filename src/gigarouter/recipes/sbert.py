@@ -27,7 +27,7 @@ class SbertRecipe:
     name: str = "sbert"
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: Path, *, max_tokens: int | None = None) -> "SbertRecipe":
+    def from_checkpoint(cls, checkpoint_dir: Path, *, max_tokens: int | None = None) -> SbertRecipe:
         tokenizer = load_tokenizer(checkpoint_dir)
         st_config = checkpoint_dir / "sentence_bert_config.json"
         limit = json.loads(st_config.read_text())["max_seq_length"] if st_config.exists() else 512

@@ -268,7 +268,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store | N
     return MemoryStore(settings.cache_max_bytes, metrics=metrics)
 
 
-def build_cache(settings: Settings, metrics: Metrics | None = None) -> "EmbeddingCache | None":
+def build_cache(settings: Settings, metrics: Metrics | None = None) -> EmbeddingCache | None:
     store = build_store(settings, metrics)
     return EmbeddingCache(store, scope=settings.cache_scope, metrics=metrics) if store is not None else None
 
@@ -543,8 +543,8 @@ class EmbeddingCache:
     def _answer(self, route: Route, call: EmbedCall, keys: list[bytes], first: dict[bytes, int],
                 entries: dict[bytes, Entry], computed: set[bytes], routed: Routed | None, lookup_s: float,
                 total_s: float) -> Routed:
-        from gigarouter.router.route import Binding, Routed
         from gigarouter.router.health import Health
+        from gigarouter.router.route import Binding, Routed
 
         vectors = np.stack([entries[k].vector for k in keys])
         exact = call.items is not None

@@ -49,7 +49,7 @@ def agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, threshold: float 
     """Same widths, and every probe vector of ``a`` within ``threshold`` cosine of ``b``'s."""
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x.shape != y.shape:
             return False
         if float(np.min(np.sum(_unit(x) * _unit(y), axis=1))) < threshold:
@@ -60,7 +60,7 @@ def agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray], *, threshold: float 
 def largest_agreeing_group(candidates: Sequence[Sequence[np.ndarray]]) -> list[int]:
     """Indices of the largest group that agrees with its first member (ties: the one listed first)."""
     best: list[int] = []
-    for i, head in enumerate(candidates):
+    for head in candidates:
         group = [j for j, other in enumerate(candidates) if agree(head, other)]
         if len(group) > len(best):
             best = group

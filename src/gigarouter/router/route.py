@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gigarouter.catalog.cards import ModelCard
-from gigarouter.errors import (GigarouterError, InvalidRequest, NoProviderAvailable, ProviderUnavailable,
-                               is_retryable)
+from gigarouter.errors import GigarouterError, InvalidRequest, NoProviderAvailable, ProviderUnavailable, is_retryable
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import EmbedCall, Provider, ProviderResult
 from gigarouter.providers.local.deployment import Deployment
@@ -89,7 +88,7 @@ class Routed:
 class Plan:
     """The candidates for one request, best first."""
 
-    route: "Route"
+    route: Route
     candidates: list[Binding]
 
     @property
@@ -108,7 +107,7 @@ class Route:
     fingerprint: str | None = None     # the reference's: the vector space this route serves
     probed: bool = False               # the first probe round has run
     reference: list = field(default_factory=list)   # the reference's probe vectors
-    cache: "EmbeddingCache | None" = None            # the router's per-input cache, shared by its routes
+    cache: EmbeddingCache | None = None            # the router's per-input cache, shared by its routes
     cached_price_per_million_usd: float = 0.0        # what a token answered from the cache bills
 
     @property

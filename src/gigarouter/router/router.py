@@ -162,7 +162,7 @@ class Router:
         if route.local is not None and route.local.state == "loading":
             return
         results = await asyncio.gather(*(self._probe(route, b) for b in route.bindings))
-        answered = [(b, v) for b, v in zip(route.bindings, results) if v is not None]
+        answered = [(b, v) for b, v in zip(route.bindings, results, strict=False) if v is not None]
         local = next(((b, v) for b, v in answered if b.kind in _OWN_KINDS), None)
         if local is not None:
             reference = local[1]

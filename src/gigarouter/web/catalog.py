@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gigarouter.catalog.cards import ModelCard
 from gigarouter.router.route import Binding, Route
 from gigarouter.router.router import Router
+from gigarouter.web.formatting import license_name, parameters, task_name
 
 LIVE = "live"
 COMING_SOON = "coming soon"
@@ -81,7 +82,7 @@ class Filters:
     sort: str = "popularity"
 
     @classmethod
-    def parse(cls, *, status: str | None, license: str | None, task: str | None, sort: str | None) -> "Filters":
+    def parse(cls, *, status: str | None, license: str | None, task: str | None, sort: str | None) -> Filters:
         return cls(status=status if status in STATUSES else "", license=(license or "").strip(),
                    task=(task or "").strip(), sort=sort if sort in SORTS else "popularity")
 
@@ -91,7 +92,7 @@ def select(models: Sequence[ModelView], filters: Filters) -> list[ModelView]:
     kept = [m for m in models
             if (not filters.status or m.status == filters.status)
             and (not filters.license or m.card.license == filters.license)
-            and (not filters.task or m.card.task == filters.task)]
+            and (not filters.task or task_name(m.card.task) == task_name(filters.task))]
     by_name = sorted(kept, key=lambda m: m.card.display_name.lower())
     if filters.sort == "name":
         return by_name
@@ -112,7 +113,9 @@ def most_wanted(models: Sequence[ModelView], *, limit: int = 5) -> list[ModelVie
 
 
 def facets(models: Sequence[ModelView]) -> dict[str, list[str]]:
-    return {"license": sorted({m.card.license for m in models}), "task": sorted({m.card.task for m in models})}
+    """The filter choices: license ids (shown by their SPDX names) and task names, each in one format."""
+    return {"license": sorted({m.card.license for m in models}),
+            "task": sorted({task_name(m.card.task) for m in models})}
 
 
 def related(card: ModelCard, cards: Mapping[str, ModelCard]) -> list[ModelCard]:
@@ -158,13 +161,19 @@ def benchmark_scores(card: ModelCard, cards: Iterable[ModelCard]) -> dict[str, f
 
 
 def spec_rows(card: ModelCard) -> list[tuple[str, str]]:
-    """The specs table: the card's standard facts, then its extra rows (which may restate one of them)."""
-    rows = {"Task": card.task, "Architecture": card.architecture, "Parameters": card.parameters,
-            "License": card.license, "Max Sequence Length": f"{card.max_tokens} tokens",
+    """The specs table: the card's standard facts, then its extra rows.
+
+    Task, parameters and license are shown in one format on every page; an extra row that
+    restates one of them (a page's "License: MIT" beside the card's ``mit``) keeps that format.
+    """
+    formatted = {"Task": task_name(card.task), "Parameters": parameters(card.parameters),
+                 "License": license_name(card.license)}
+    rows = {"Task": formatted["Task"], "Architecture": card.architecture, "Parameters": formatted["Parameters"],
+            "License": formatted["License"], "Max Sequence Length": f"{card.max_tokens} tokens",
             "Embedding Dimensions": str(card.dimensions)}
     for name, value in card.extra_specs.items():
         same = next((k for k in rows if k.lower() == name.lower()), name)
-        rows[same] = value
+        rows[same] = formatted.get(same, value)
     return list(rows.items())
 
 

@@ -126,3 +126,44 @@ def prose(text: str | None, *, heading_level: int = 3) -> Markup:
 
 def _heading(text: str, level: int) -> str:
     return f"<h{level}>{_inline(text)}</h{level}>"
+
+
+# -- one format for each catalog fact -------------------------------------------------------------
+# Cards copy their facts from model pages, which write them in several ways ("7B", "7 billion";
+# "Text Embedding", "Text embedding"; "mit", "MIT"). Pages show each kind of fact one way.
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(k|thousand|m|million|b|billion|t|trillion)?\s*", re.IGNORECASE)
+_SIZE_SUFFIX = {"k": "K", "thousand": "K", "m": "M", "million": "M", "b": "B", "billion": "B",
+                "t": "T", "trillion": "T"}
+#: SPDX identifiers for the licenses model cards name (Hugging Face writes them in lower case).
+_SPDX = {"mit": "MIT", "apache-2.0": "Apache-2.0", "cc-by-4.0": "CC-BY-4.0", "cc-by-nc-4.0": "CC-BY-NC-4.0",
+         "cc-by-sa-4.0": "CC-BY-SA-4.0", "cc-by-nc-sa-4.0": "CC-BY-NC-SA-4.0", "bsd-3-clause": "BSD-3-Clause",
+         "bsd-2-clause": "BSD-2-Clause", "gpl-3.0": "GPL-3.0", "lgpl-3.0": "LGPL-3.0", "mpl-2.0": "MPL-2.0",
+         "llama2": "Llama 2", "llama3": "Llama 3", "gemma": "Gemma", "openrail": "OpenRAIL",
+         "cc0-1.0": "CC0-1.0", "unlicense": "Unlicense"}
+
+
+def parameters(value: str | None) -> str:
+    """A parameter count as ``22.7M`` / ``7B``: ``7 billion`` -> ``7B``; anything else as given."""
+    if not value:
+        return "—"
+    match = _SIZE.fullmatch(value)
+    if not match or not match.group(2):
+        return value.strip()
+    return f"{match.group(1)}{_SIZE_SUFFIX[match.group(2).lower()]}"
+
+
+def license_name(value: str | None) -> str:
+    """A card's license id as its SPDX identifier: ``mit`` -> ``MIT``, ``cc-by-nc-4.0`` -> ``CC-BY-NC-4.0``."""
+    if not value:
+        return "—"
+    return _SPDX.get(value.strip().lower(), value.strip())
+
+
+def task_name(value: str | None) -> str:
+    """A task in sentence case: ``Text Embedding`` -> ``Text embedding``; acronyms (``MTEB``) are kept."""
+    if not value:
+        return "—"
+    words = value.split()
+    rest = [w if (len(w) > 1 and w.isupper()) else w.lower() for w in words[1:]]
+    return " ".join([words[0][:1].upper() + words[0][1:], *rest])

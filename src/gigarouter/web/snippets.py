@@ -23,22 +23,24 @@ def query_extras(card: ModelCard) -> dict[str, str]:
     return extras
 
 
-def curl(card: ModelCard, *, model: str, base_url: str) -> str:
+def curl(card: ModelCard, *, model: str, base_url: str, api_key: str | None = None) -> str:
+    """``api_key``: the key itself in the snippet (shown once, after sign-up); else ``$GIGAROUTER_API_KEY``."""
     body = json.dumps({"model": model, "input": [EXAMPLE_QUERY], **query_extras(card)}, indent=2, ensure_ascii=False)
     body = body.replace("'", "'\\''")   # inside a single-quoted shell string
     return (f"curl {base_url}/v1/embeddings \\\n"
-            f"  -H \"Authorization: Bearer $GIGAROUTER_API_KEY\" \\\n"
+            f"  -H \"Authorization: Bearer {api_key or '$GIGAROUTER_API_KEY'}\" \\\n"
             f"  -H \"Content-Type: application/json\" \\\n"
             f"  -d '{body}'")
 
 
-def python(card: ModelCard, *, model: str, base_url: str) -> str:
+def python(card: ModelCard, *, model: str, base_url: str, api_key: str | None = None) -> str:
     extras = ", ".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in query_extras(card).items())
+    key = json.dumps(api_key) if api_key else "os.environ[\"GIGAROUTER_API_KEY\"]"
     return "\n".join([
-        "import os",
+        *([] if api_key else ["import os"]),
         "from openai import OpenAI",
         "",
-        f"client = OpenAI(base_url={json.dumps(base_url + '/v1')}, api_key=os.environ[\"GIGAROUTER_API_KEY\"])",
+        f"client = OpenAI(base_url={json.dumps(base_url + '/v1')}, api_key={key})",
         "",
         "# Queries: the model's query instruction goes in extra_body.",
         "query = client.embeddings.create(",

@@ -32,7 +32,9 @@ def environment() -> Environment:
     env.filters.update(price=formatting.price, money=formatting.micro_dollars, compact=formatting.compact,
                        month=formatting.month, day=formatting.day, thousands=formatting.thousands,
                        score=formatting.score, prose=formatting.prose,
-                       latency_ms=formatting.latency_ms, percent=formatting.percent)
+                       latency_ms=formatting.latency_ms, percent=formatting.percent,
+                       parameters=formatting.parameters, license_name=formatting.license_name,
+                       task_name=formatting.task_name)
     env.globals["static"] = static_url
     return env
 

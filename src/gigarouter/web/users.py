@@ -12,8 +12,22 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import (Column, Engine, ForeignKey, Index, MetaData, String, Table, and_, delete, exists, func,
-                        insert, select, update)
+from sqlalchemy import (
+    Column,
+    Engine,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from gigarouter.accounts.db import transaction

@@ -24,11 +24,13 @@ async def health() -> dict:
 
 
 @router.get("/ready")
-async def ready(models: RouterDep) -> Response:
+async def ready(request: Request, models: RouterDep) -> Response:
     """200 once every local model is loaded and warmed up, its device answers, and every route was probed.
 
     Answers at once even while a long batch runs: device health is read from the engine's
     heartbeat, never by waiting for the device.
+    With ``keep_serving_on_load_failure`` a model that failed to load is reported in the body
+    and does not hold readiness back.
 
     A route whose remote providers are all down does not hold readiness back (this
     server can still serve the others); its state is in the body and in /v1/models.
@@ -47,7 +49,9 @@ async def ready(models: RouterDep) -> Response:
         else:
             state = "ready"
         states[route.name] = state
-    if all(state == "ready" for state in states.values()):
+    # keep_serving_on_load_failure: a model that failed to load no longer holds readiness back.
+    keep = request.app.state.settings.keep_serving_on_load_failure
+    if all(state == "ready" or (keep and state.startswith("failed")) for state in states.values()):
         providers = {r.name: {b.name: b.state for b in r.bindings} for r in models.routes}
         return JSONResponse({"status": "ready", "models": states, "providers": providers})
     waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")

@@ -9,10 +9,10 @@ from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from gigarouter.accounts.http import AccountsGate, KeyManager, key_json
-from gigarouter.api.deps import JsonRoute
 from gigarouter.accounts.keys import DEFAULT_SCOPES, SCOPES
 from gigarouter.accounts.ledger import MAX_BALANCE_MICRO
 from gigarouter.accounts.store import MAX_RATE, KeySpec
+from gigarouter.api.deps import JsonRoute
 
 router = APIRouter(route_class=JsonRoute)
 

@@ -97,7 +97,7 @@ class AttentionLayout:
 
     @classmethod
     def build(cls, cu_seqlens, *, causal: bool, window: int | None = None, path: str = GRID,
-              device: torch.device | str | None = None) -> "AttentionLayout":
+              device: torch.device | str | None = None) -> AttentionLayout:
         """The layout of one pass. ``cu_seqlens``: the host copy (numpy, list or CPU tensor).
 
         ``device``: where the pass runs (default: where ``cu_seqlens`` is). A device
@@ -112,7 +112,6 @@ class AttentionLayout:
         lengths = np.diff(cu)
         n, total = len(lengths), int(cu[-1])
         max_len = int(lengths.max())
-        window_bites = window is not None and max_len > window
         arrays = {"pos_in_seq": np.arange(total, dtype=np.int64) - np.repeat(cu[:-1], lengths), "cu": cu}
         plans = []
         if path == GRID:
@@ -178,7 +177,7 @@ def _attend_grid(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Atte
         return out.squeeze(0).transpose(0, 1)
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])
     for b in layout.buckets:
-        def grid(x: torch.Tensor) -> torch.Tensor:   # [T, H, D] -> [m, H, L, D]
+        def grid(x: torch.Tensor, b=b) -> torch.Tensor:   # [T, H, D] -> [m, H, L, D]
             return x.index_select(0, b.gather).view(b.count, b.longest, *x.shape[1:]).transpose(1, 2)
 
         o = F.scaled_dot_product_attention(grid(q), _repeat_kv(grid(k), groups), _repeat_kv(grid(v), groups),
@@ -223,7 +222,7 @@ class VarlenKernel:
     is_causal: bool = False   # takes is_causal (2.10; passed as well wherever it exists)
 
     @classmethod
-    def wrap(cls, fn: Callable | None) -> "VarlenKernel | None":
+    def wrap(cls, fn: Callable | None) -> VarlenKernel | None:
         if fn is None:
             return None
         try:
@@ -271,7 +270,8 @@ def check_varlen_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout:
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError("varlen attention takes packed [tokens, heads, head_dim] tensors")
     if not (q.shape[0] == k.shape[0] == v.shape[0] == layout.num_tokens):
-        raise ValueError(f"q/k/v have {q.shape[0]}/{k.shape[0]}/{v.shape[0]} rows, the batch {layout.num_tokens} tokens")
+        raise ValueError(f"q/k/v have {q.shape[0]}/{k.shape[0]}/{v.shape[0]} rows, "
+                         f"the batch {layout.num_tokens} tokens")
     if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1]:
         raise ValueError(f"{q.shape[1]} query heads cannot share {k.shape[1]} K/V heads")
     if q.shape[2] != k.shape[2] or q.shape[2] % 8 or q.shape[2] > 256:
@@ -372,7 +372,7 @@ def probe_varlen(kernel: VarlenKernel, device: torch.device, dtype: torch.dtype,
             want = _attend_grid(q.float(), k.float(), v.float(),
                                 AttentionLayout.build(cu, causal=causal, window=probe_window, device=device))
             err = float((got.float() - want).abs().max())
-    except Exception as exc:   # noqa: BLE001 - any failure means: not this kernel
+    except Exception as exc:
         return f"the varlen kernel failed its start-up probe: {type(exc).__name__}: {exc}"
     if not err <= tolerance:
         return f"the varlen kernel disagrees with the grid path on its start-up probe (max abs diff {err:.3g})"

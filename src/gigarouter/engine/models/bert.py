@@ -27,7 +27,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
 
     @classmethod
-    def from_hf(cls, raw: dict[str, Any]) -> "BertConfig":
+    def from_hf(cls, raw: dict[str, Any]) -> BertConfig:
         if raw.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"unsupported BERT activation {raw.get('hidden_act')!r}")
         if raw.get("position_embedding_type", "absolute") != "absolute":
@@ -49,7 +49,8 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # input_ids, positions: [T] -> [T, hidden]; single-segment inputs use token type 0.
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight.select(0, 0)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings.weight.select(0, 0))
         return self.LayerNorm(x)
 
 

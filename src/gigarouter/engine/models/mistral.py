@@ -43,7 +43,7 @@ class MistralConfig:
     causal: bool = True          # False = bidirectional (LLM2Vec)
 
     @classmethod
-    def from_hf(cls, raw: dict[str, Any]) -> "MistralConfig":
+    def from_hf(cls, raw: dict[str, Any]) -> MistralConfig:
         if raw.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported Mistral activation {raw.get('hidden_act')!r}")
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
@@ -60,7 +60,7 @@ class MistralConfig:
             rms_norm_eps=raw.get("rms_norm_eps", 1e-5), rope_theta=float(theta),
             sliding_window=raw.get("sliding_window"))
 
-    def with_causal(self, causal: bool) -> "MistralConfig":
+    def with_causal(self, causal: bool) -> MistralConfig:
         return dataclasses.replace(self, causal=causal)
 
 
@@ -77,13 +77,15 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary(positions: torch.Tensor, head_dim: int, theta: float,
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """positions: [T] -> cos, sin: [T, 1, head_dim] in ``dtype`` (computed in float32).
 
     Recomputed every forward pass (a few kilobytes), so nothing is left on the
     meta device after loading and there is no buffer to keep in sync.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim))
+    even = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float()
+    inv_freq = 1.0 / (theta ** (even / head_dim))
     freqs = positions.float().unsqueeze(1) * inv_freq.unsqueeze(0)  # [T, D/2]
     emb = torch.cat((freqs, freqs), dim=-1)                        # [T, D]
     return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
@@ -105,7 +107,8 @@ class MistralAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: AttentionLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                layout: AttentionLayout) -> torch.Tensor:
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.heads, self.head_dim)       # [T, Hq, D]
         k = self.k_proj(x).view(t, self.kv_heads, self.head_dim)    # [T, Hkv, D]
@@ -133,7 +136,8 @@ class MistralLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: AttentionLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                layout: AttentionLayout) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, layout)
         return x + self.mlp(self.post_attention_layernorm(x))
 

@@ -37,7 +37,7 @@ class Deployment:
     scheduler: Scheduler | None = None
 
     @classmethod
-    def for_config(cls, config: ModelConfig) -> "Deployment":
+    def for_config(cls, config: ModelConfig) -> Deployment:
         return cls(config=config, card=card_for_model(config))
 
     @property

@@ -24,9 +24,15 @@ import torch
 from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.memory import plan_for
-from gigarouter.engine.runner import (TorchEngine, activation_bytes_per_token, budget_from_memory,
-                                      default_parallel_batches, default_token_budget, resolve_device,
-                                      resolve_dtype)
+from gigarouter.engine.runner import (
+    TorchEngine,
+    activation_bytes_per_token,
+    budget_from_memory,
+    default_parallel_batches,
+    default_token_budget,
+    resolve_device,
+    resolve_dtype,
+)
 from gigarouter.engine.sources import ResolvedCheckpoint, identity_names, read_merge_record, resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
 from gigarouter.settings import ModelConfig, Settings

@@ -67,7 +67,7 @@ class RayDeployment:
     _connected: bool = False
 
     @classmethod
-    def for_config(cls, config: ModelConfig) -> "RayDeployment":
+    def for_config(cls, config: ModelConfig) -> RayDeployment:
         return cls(config=config, card=find_card(config.card, config.name, config.weights, *config.aliases))
 
     @property

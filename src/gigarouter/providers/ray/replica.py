@@ -37,7 +37,7 @@ class Packed:
     pool_starts: np.ndarray   # [n] int32
 
     @classmethod
-    def of(cls, items: list[PreparedInput]) -> "Packed":
+    def of(cls, items: list[PreparedInput]) -> Packed:
         lengths = np.fromiter((len(item.token_ids) for item in items), dtype=np.int32, count=len(items))
         ids = np.fromiter((t for item in items for t in item.token_ids), dtype=np.int32, count=int(lengths.sum()))
         starts = np.fromiter((item.pool_start for item in items), dtype=np.int32, count=len(items))
@@ -47,7 +47,7 @@ class Packed:
         ends = np.cumsum(self.lengths)
         ids = self.token_ids.tolist()
         return [PreparedInput(token_ids=ids[end - n:end], pool_start=start)
-                for n, end, start in zip(self.lengths.tolist(), ends.tolist(), self.pool_starts.tolist())]
+                for n, end, start in zip(self.lengths.tolist(), ends.tolist(), self.pool_starts.tolist(), strict=False)]
 
 
 def error_message(exc: errors.GigarouterError) -> dict[str, Any]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from gigarouter.catalog.cards import ModelCard, find_card, load_cards
 from gigarouter.errors import Conflict, Forbidden, GigarouterError, Overloaded, RateLimited
-from gigarouter.web import security
+from gigarouter.web import catalog, security, snippets
 from gigarouter.web.catalog import example_model
 from gigarouter.web.context import WebContext, WebDep, check_csrf
 from gigarouter.web.errors import WebError
+from gigarouter.web.flash import flash_store
 from gigarouter.web.limits import SlidingWindow
 from gigarouter.web.templating import render
 from gigarouter.web.users import EmailTaken, WebUser
@@ -54,18 +58,26 @@ async def sign_in_as(web: WebContext, user: WebUser) -> None:
     web.rotate_csrf()
 
 
+def model_of(next_url: str | None) -> ModelCard | None:
+    """The catalog model a ``/models/<slug>...`` path is about (where a visitor came from), if any."""
+    match = re.match(r"/models/([^/?#]+)", safe_next(next_url, ""))
+    return load_cards().get(match.group(1)) if match else None
+
+
 @router.get("/signup")
-async def signup_form(request: Request, web: WebDep) -> HTMLResponse:
+async def signup_form(request: Request, web: WebDep, next: str | None = None) -> HTMLResponse:
     accounts_on(web)
     if web.user:
         return redirect(web, "/dashboard")
     credit = request.app.state.settings.signup_credit_micro
-    return render(request, "signup.html", {"email": "", "errors": [], "credit": credit})
+    return render(request, "signup.html", {"email": "", "errors": [], "credit": credit,
+                                           "next": safe_next(next, ""), "from_model": model_of(next)})
 
 
 @router.post("/signup")
 async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_length=320)] = "",
-                 password: Annotated[str, Form(max_length=security.MAX_PASSWORD + 1)] = "") -> Response:
+                 password: Annotated[str, Form(max_length=security.MAX_PASSWORD + 1)] = "",
+                 next: Annotated[str, Form(max_length=500)] = "") -> Response:
     await check_csrf(request, web)
     accounts = accounts_on(web)
     email = security.normalize_email(email)
@@ -87,13 +99,37 @@ async def signup(request: Request, web: WebDep, email: Annotated[str, Form(max_l
             errors.append(exc.message[:1].upper() + exc.message[1:] + ".")
         except GigarouterError as exc:
             errors.append(exc.message)
+    next = safe_next(next, "")
     if errors:
-        return render(request, "signup.html", {"email": email, "errors": errors, "credit": credit}, status_code=400)
+        return render(request, "signup.html", {"email": email, "errors": errors, "credit": credit, "next": next,
+                                               "from_model": model_of(next)}, status_code=400)
     await sign_in_as(web, user)
-    account = await accounts.account(user)
-    return render(request, "signup_done.html", {"key": key, "account": account, "credit": credit,
-                                                "base_url": str(request.base_url).rstrip("/"),
-                                                "model": example_model(getattr(request.app.state, "router", None))})
+    # POST/redirect/GET: the key waits on the server for the page below, which shows it once;
+    # reloading that page does not post the form again.
+    flash_store(request.app).put(web.session_token, "signup", key)
+    return redirect(web, "/signup/done" + (f"?next={quote(next, safe='/')}" if next else ""))
+
+
+@router.get("/signup/done")
+async def signup_done(request: Request, web: WebDep, next: str | None = None) -> Response:
+    accounts = accounts_on(web)
+    if web.user is None:
+        return redirect(web, "/signin?next=/dashboard")
+    key = flash_store(request.app).take(web.session_token, "signup")     # None on a reload
+    next_url = safe_next(next, "")
+    account = await accounts.account(web.user)
+    models = getattr(request.app.state, "router", None)
+    card = model_of(next_url)
+    view = catalog.view(card, models, {}) if card else None
+    served = view.served_name if view else example_model(models)
+    card = card or find_card(served)
+    base_url = str(request.base_url).rstrip("/")
+    secret = key.key if key else None
+    return render(request, "signup_done.html", {
+        "key": key, "account": account, "card": card, "view": view, "model": served, "back": next_url,
+        "curl": snippets.curl(card, model=served, base_url=base_url, api_key=secret) if card else None,
+        "python": snippets.python(card, model=served, base_url=base_url, api_key=secret) if card else None,
+    })
 
 
 @router.get("/signin")

@@ -15,6 +15,7 @@ from gigarouter.web.accounts import USAGE_DAYS, AccountsPort
 from gigarouter.web.catalog import example_model
 from gigarouter.web.context import WebContext, WebDep, check_csrf
 from gigarouter.web.errors import WebError
+from gigarouter.web.flash import flash_store
 from gigarouter.web.routes.auth import accounts_on, redirect
 from gigarouter.web.templating import render
 
@@ -34,7 +35,8 @@ async def dashboard(request: Request, web: WebDep) -> Response:
     accounts = signed_in(web, "/dashboard")
     if isinstance(accounts, Response):
         return accounts
-    return await render_dashboard(request, web, accounts)
+    new_key = flash_store(request.app).take(web.session_token, "new-key")   # once, after POST /dashboard/keys
+    return await render_dashboard(request, web, accounts, new_key=new_key)
 
 
 async def render_dashboard(request: Request, web: WebContext, accounts: AccountsPort, *,
@@ -45,14 +47,18 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
     account, keys, usage = await asyncio.gather(accounts.account(user), accounts.keys(user), accounts.usage(user))
     day_points = [(formatting.day(d), tokens) for d, _, tokens, _, _ in usage.days]
     model_points = [(model, tokens) for model, _, tokens, _, _ in usage.models]
+    day = {"unit": "tokens", "title": f"Tokens per day, last {USAGE_DAYS} days", "desc": _days_summary(day_points)}
+    per_model = {"unit": "tokens", "title": f"Tokens per model, last {USAGE_DAYS} days",
+                 "desc": "; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."}
     return render(request, "dashboard.html", {
         "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
         "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
-        "day_chart": charts.columns(day_points, chart_id="usage-days", unit="tokens",
-                                    title=f"Tokens per day, last {USAGE_DAYS} days", desc=_days_summary(day_points)),
-        "model_chart": charts.bars(model_points, chart_id="usage-models", unit="tokens",
-                                   title=f"Tokens per model, last {USAGE_DAYS} days",
-                                   desc="; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."),
+        "day_chart": charts.columns(day_points, chart_id="usage-days", **day),
+        "day_chart_narrow": charts.columns(day_points, chart_id="usage-days-narrow", width=360, height=200,
+                                           label_every=7, variant="narrow", **day),
+        "model_chart": charts.bars(model_points, chart_id="usage-models", **per_model),
+        "model_chart_narrow": charts.bars(model_points, chart_id="usage-models-narrow", width=360, label_w=130,
+                                          value_w=50, variant="narrow", **per_model),
         "base_url": str(request.base_url).rstrip("/"),
         "model": example_model(getattr(request.app.state, "router", None)),
     }, status_code=status_code)
@@ -76,7 +82,9 @@ async def create_key(request: Request, web: WebDep, name: Annotated[str, Form(ma
         key = await accounts.create_key(web.user, name.strip() or None)
     except GigarouterError as exc:
         return await render_dashboard(request, web, accounts, errors=[exc.message], status_code=exc.status)
-    return await render_dashboard(request, web, accounts, new_key=key)
+    # POST/redirect/GET: the dashboard shows the key once; a reload does not create another.
+    flash_store(request.app).put(web.session_token, "new-key", key)
+    return redirect(web, "/dashboard#new-key")
 
 
 @router.post("/dashboard/keys/{key_id}/revoke")
