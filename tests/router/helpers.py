@@ -76,9 +76,13 @@ def provider(name: str, upstream: Upstream, price: float, **extra) -> ProviderCo
 
 @contextmanager
 def gateway(providers: list[ProviderConfig], **settings) -> Iterator[str]:
-    """A pure gateway (no local model) over ``providers``, served in a thread; yields its URL once probed."""
+    """A pure gateway (no local model) over ``providers``, served in a thread; yields its URL once probed.
+
+    Its embedding cache is off: these tests are about which provider answers, so every request
+    must reach one (tests/router/test_cache*.py cover the cache in front of them).
+    """
     data_dir = Path(tempfile.mkdtemp(prefix="gigarouter-gw-"))
-    values = {"breaker_cooldown_s": 0.5, "request_timeout_s": 20.0, **settings}
+    values = {"breaker_cooldown_s": 0.5, "request_timeout_s": 20.0, "cache": "off", **settings}
     with live_server(Settings(data_dir=data_dir, models=(), providers=tuple(providers), **values)) as base:
         yield base
 

@@ -40,6 +40,7 @@ READY_WITHIN_S = 30.0        # generous for a shared CI machine; torch alone tak
 def _config(path: Path, data_dir: Path, keyed: Upstream, spare: Upstream) -> Path:
     path.write_text(f"""
 data_dir = "{data_dir}"
+cache = "off"
 breaker_failures = 2
 breaker_cooldown_s = 0.5
 

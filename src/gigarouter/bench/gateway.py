@@ -81,8 +81,9 @@ def upstream_spec(port: int, dim: int) -> srv.ServerSpec:
 
 
 def gateway_config(upstream_port: int, data_dir: Path) -> str:
-    """A pure gateway: only ``[[providers]]``, open access on loopback."""
-    return (f'data_dir = "{data_dir}"\nauth = "open"\n\n[[providers]]\nname = "fast"\n'
+    """A pure gateway: only ``[[providers]]``, open access on loopback, and no embedding cache: the load
+    repeats one input, and what is measured is the forwarding, not a cache hit (section 8 measures those)."""
+    return (f'data_dir = "{data_dir}"\nauth = "open"\ncache = "off"\n\n[[providers]]\nname = "fast"\n'
             f'base_url = "http://127.0.0.1:{upstream_port}/v1"\nmodels = ["{MODEL}"]\n')
 
 
