@@ -106,7 +106,7 @@ def test_the_dashboard_shows_tokens_answered_from_the_cache(client: httpx.Client
     assert r.headers["x-gigarouter-cache"] == "hit"
     page = client.get("/dashboard").text
     assert "5 from the cache" in text_of(page)
-    models = text_of(re.search(r'<table class="usage-models">.*?</table>', page, re.S).group(0))
+    models = text_of(re.search(r'<table class="usage-models[^"]*">.*?</table>', page, re.S).group(0))
     assert "Cached tokens" in models and "all-minilm-l6-v2 2 10 5 $" in models
 
 

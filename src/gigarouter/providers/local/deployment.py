@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.base import Engine
+from gigarouter.errors import ModelLoadError
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import Recipe
 from gigarouter.scheduler.queue import Scheduler
@@ -50,7 +51,8 @@ class Deployment:
             recipe, engine = await asyncio.to_thread(loader, self.config, settings)
             await asyncio.to_thread(engine.warmup)
         except Exception as exc:  # keep serving the other models; /ready stays 503
-            log.exception("loading model %s failed", self.name)
+            # A load error the operator can act on is one line; anything else keeps its traceback.
+            log.error("loading model %s failed: %s", self.name, exc, exc_info=not isinstance(exc, ModelLoadError))
             self.state, self.error, self.exception = "failed", str(exc), exc
             return
         self.recipe, self.engine = recipe, engine
