@@ -73,7 +73,10 @@ def test_vectors_counts_and_fingerprint_equal_the_in_process_runtime(gateway, re
     ray = embed(gateway, TEXTS)
     assert ray.headers["x-gigarouter-provider"] == "ray" and ray.headers["x-gigarouter-replica"]
     np.testing.assert_allclose(vectors(ray), vectors(local), rtol=0, atol=1e-6)
-    assert ray.json()["usage"] == local.json()["usage"]                  # counted in the gateway, exactly
+    # Counted in the gateway, exactly. (Cached tokens differ: the in-process server's cache may have
+    # seen these texts in an earlier test, and this gateway runs with the cache off.)
+    for key in ("prompt_tokens", "total_tokens"):
+        assert ray.json()["usage"][key] == local.json()["usage"][key]
     assert ray.headers["x-gigarouter-fingerprint"] == local.headers["x-gigarouter-fingerprint"]
     assert {"x-tokenize-time", "x-queue-time", "x-inference-time", "x-hop-time"} <= set(ray.headers)
     ids = [[101, 7592, 2088, 102]]   # token ids pass through the gateway's recipe too
