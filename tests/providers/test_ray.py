@@ -109,6 +109,7 @@ CLIENTS = 6
 MAX_REQUESTS = 3000
 BEFORE_KILL = 30
 AFTER_KILL = 60
+FROZEN_S = 1.5
 
 
 def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
@@ -166,6 +167,12 @@ def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
         w.start()
     try:
         _wait(lambda: len(results) >= BEFORE_KILL or failures, 120, "answers before the kill")
+        # Freeze the victim first so requests are surely in flight on it when it dies: a replica
+        # that answers in milliseconds is otherwise often idle at the instant of a bare SIGKILL
+        # (CI saw exactly that). The gateway keeps routing to a stopped replica until Serve's
+        # health check notices, so a second is enough for some to pile up there.
+        os.kill(pids[victim], signal.SIGSTOP)
+        time.sleep(FROZEN_S)
         os.kill(pids[victim], signal.SIGKILL)
         killed_at.append(time.monotonic())
         _wait(lambda: (answered_since_kill() >= AFTER_KILL and replaced()) or failures, 150,
