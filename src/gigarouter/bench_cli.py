@@ -229,13 +229,7 @@ def gateway(
                           seconds=min(seconds, 30.0), concurrency=concurrency, encoding_format=encoding_format,
                           base_port=port)
     result = run_gateway_bench(opts, command=_command(), log=_log)
-    print(report.gateway_markdown(result))
-    print(f"\nMachine: {report.machine_line(result['machine'])}")
-    if out:
-        report.write_json(out, result)
-    if not result["valid"]:
-        _log("some requests failed: the result is invalid")
-        raise typer.Exit(1)
+    _finish(result, report.gateway_markdown(result), out)
 
 
 @app.command()
@@ -252,7 +246,6 @@ def ray(
     out: OutOption = None,
 ) -> None:
     """The Ray runtime (1 and 2 replicas; 1 of 2 CPUs) against in-process, one gateway, one run: throughput, hop."""
-    from gigarouter.bench import report
     from gigarouter.bench.ray import RayBenchOptions, markdown, run_ray_bench
 
     try:
@@ -264,13 +257,7 @@ def ray(
                            bulk_concurrency=bulk_concurrency, bulk_inputs=bulk_inputs, port=port,
                            auth_mode=ray_auth_mode)
     result = run_ray_bench(opts, command=_command(), log=_log)
-    print(markdown(result))
-    print(f"\nMachine: {report.machine_line(result['machine'])}")
-    if out:
-        report.write_json(out, result)
-    if not result["valid"]:
-        _log("some requests failed: the result is invalid")
-        raise typer.Exit(1)
+    _finish(result, markdown(result), out)
 
 
 @app.command()
@@ -343,3 +330,16 @@ def _counter(tokenizer_dir: Path | None):
     from gigarouter.engine.sources import embedded_model_dir
 
     return TokenCounter.for_model_dir(tokenizer_dir or embedded_model_dir())
+
+
+def _finish(result: dict, summary: str, out: Path | None) -> None:
+    """Print a load run's summary and machine, keep its JSON, and exit 1 when any request failed."""
+    from gigarouter.bench import report
+
+    print(summary)
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+    if not result["valid"]:
+        _log("some requests failed: the result is invalid")
+        raise typer.Exit(1)

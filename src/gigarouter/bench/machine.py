@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -147,18 +148,8 @@ def rss_bytes(pid: int) -> int | None:
 
 def group_cpu_seconds(pgid: int) -> float | None:
     """CPU seconds of every live process in a process group (a server and the workers it spawned)."""
-    total, found = 0.0, False
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            found = True
-    return total if found else None
+    used = [cpu for _, _, group, cpu in _proc_stats() if group == pgid]
+    return sum(used) if used else None
 
 
 def tree_cpu_seconds(*roots: int) -> float | None:
@@ -190,14 +181,17 @@ def descendants(*roots: int, table: dict[int, tuple[int, float]] | None = None) 
 
 def _process_table() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds used) for every live process."""
-    table: dict[int, tuple[int, float]] = {}
+    return {pid: (parent, cpu) for pid, parent, _, cpu in _proc_stats()}
+
+
+def _proc_stats() -> Iterator[tuple[int, int, int, float]]:
+    """(pid, parent pid, process group, CPU seconds used) of every live process, from /proc/PID/stat."""
     ticks = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
+        try:   # the command name may hold spaces and parentheses: split after its last ')'
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:     # the process ended while we looked
             continue
-        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
-    return table
+        yield int(entry.name), int(fields[1]), int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks
