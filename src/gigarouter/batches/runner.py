@@ -183,10 +183,8 @@ class BatchRunner:
         looked = 0.0
         try:
             async for index, raw in self._read(name):
-                if time.monotonic() - looked > CANCEL_POLL_S:
-                    looked = time.monotonic()
-                    if self._closing or await self._stopping(batch):
-                        break
+                if self._closing:
+                    break
                 outcome = None
                 try:   # custom_ids are collected from finished lines too: a duplicate stays one after a restart
                     request = parse_line(index, raw, endpoint=batch["endpoint"])
@@ -202,7 +200,14 @@ class BatchRunner:
                 if outcome is not None:
                     await self._record(batch, index, outcome)
                     continue
+                waited = self._slots.locked()
                 await self._slots.acquire()
+                # Looked at after the wait for a slot (which may be long): a cancel stops the next line.
+                if waited or time.monotonic() - looked > CANCEL_POLL_S:
+                    looked = time.monotonic()
+                    if self._closing or await self._stopping(batch):
+                        self._slots.release()
+                        break
                 task = asyncio.create_task(self._run_line(batch, request, principal))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
