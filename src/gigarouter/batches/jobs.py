@@ -41,6 +41,7 @@ class BatchJobs:
         self.settings = settings
         self.files = FileStore(settings.resolved_batch_files_dir)
         self._lines = LineRunner(settings=settings, router=router, gate=gate, metrics=metrics)
+        self._gate = gate
         self._gate_engine: Engine | None = getattr(gate, "engine", None)
         self._own_engine: Engine | None = None
         self._store: BatchStore | None = None
@@ -79,7 +80,8 @@ class BatchJobs:
                 engine = self._own_engine = make_engine(url, pool_size=4)
             await run_in_threadpool(self.files.ensure)
             store = BatchStore(engine)
-            self.runner = BatchRunner(store, self.files, self._lines, concurrency=self.settings.batch_concurrency)
+            self.runner = BatchRunner(store, self.files, self._lines, concurrency=self.settings.batch_concurrency,
+                                      liveness=getattr(self._gate, "liveness", None))
             await self.runner.start()
             self._store = store
             return store

@@ -66,7 +66,10 @@ STOP_GRACE_S = 30.0
 
 
 class BatchRunner:
-    def __init__(self, store: BatchStore, files: FileStore, lines: LineRunner, *, concurrency: int) -> None:
+    def __init__(self, store: BatchStore, files: FileStore, lines: LineRunner, *, concurrency: int,
+                 liveness: recovery.InstanceLock | None = None) -> None:
+        """``liveness``: the accounts gate's lock when accounts are on (else the runner takes one of its own),
+        so that a dead runner is a dead gateway, whose charges in flight are recovered before its lines run."""
         self.store = store
         self.files = files
         self.lines = lines
@@ -74,10 +77,12 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
-        self._lock: recovery.InstanceLock | None = None
+        self._lock = liveness
+        self._own_lock = liveness is None
 
     async def start(self) -> None:
-        self._lock = await run_in_threadpool(recovery.instance_lock, self.store.engine)
+        if self._lock is None:
+            self._lock = await run_in_threadpool(recovery.instance_lock, self.store.engine)
         self._closing = False
         self._task = asyncio.create_task(self._loop(), name="batch-runner")
 
@@ -98,8 +103,9 @@ class BatchRunner:
             self._task = None
         if self._lock is not None:
             await run_in_threadpool(self.store.release, self._lock.owner)
-            await run_in_threadpool(self._lock.close)
-            self._lock = None
+            if self._own_lock:
+                await run_in_threadpool(self._lock.close)
+                self._lock = None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -131,11 +137,16 @@ class BatchRunner:
             return None
 
     def _is_dead(self, owner: int) -> bool:
-        """Another process's batch may be taken over once its liveness lock can be taken (it died)."""
+        """Another process's batch may be taken over once its liveness lock can be taken (it died). What it
+        left in flight is recovered first (as accounts recovery would, later): a line it was charging for is
+        then either charged (its answer stored, replayed here) or refunded (run here), never waited on."""
         assert self._lock is not None
         if not self._lock.probe(owner):
             return False
-        self._lock.release(owner)
+        try:
+            recovery.recover_owner(self.store.engine, owner)
+        finally:
+            self._lock.release(owner)
         return True
 
     async def _until_models_settle(self) -> None:
