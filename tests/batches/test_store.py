@@ -80,3 +80,15 @@ def test_the_queue_limit_counts_unfinished_lines(store):
     store.record_line(first["id"], LineRecord(line=1, ok=False, tokens=0, cost_micro=0, spool_offset=1,
                                               spool_length=1))
     assert _batch(store, lines=4, max_queued=5)["status"] == "validating"   # 1 waiting + 4 <= 5
+
+
+def test_a_batch_whose_input_is_gone_fails_with_the_reason(store):
+    from gigarouter.batches.jobs import batch_json
+
+    batch = _batch(store)
+    store.fail(batch["id"], code="file_missing", message="gone")
+    shown = batch_json(store.running(batch["id"]))
+    assert shown["status"] == "failed" and shown["failed_at"] is not None
+    assert shown["errors"] == {"object": "list", "data": [{"code": "file_missing", "message": "gone", "param": None,
+                                                           "line": None}]}
+    assert store.claim(1, lambda owner: True) is None                  # nothing left to run

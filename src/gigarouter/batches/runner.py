@@ -169,6 +169,11 @@ class BatchRunner:
                 await self._run_lines(batch)
             if not self._closing:
                 await self._finalize(batch)
+        except FileNotFoundError as exc:
+            # Its input (or spool) is gone from the files directory: nothing to resume from.
+            log.error("batch %s failed: %s", batch_id, exc)
+            await self._db(self.store.fail, batch_id, code="file_missing",
+                           message=f"a file of this batch is gone from the server's files directory: {exc.filename}")
         except Exception:
             # Left to the next look (this process or another), which resumes it where its rows say.
             log.exception("batch %s stopped on an error; it will be resumed", batch_id)

@@ -261,6 +261,13 @@ class BatchStore:
                 {"status": status, stamp: now, "output_file_id": output_file_id, "error_file_id": error_file_id,
                  "runner": None}))
 
+    def fail(self, batch_id: str, *, code: str, message: str) -> None:
+        """The batch cannot go on (its input is gone): ``failed``, with the reason in ``errors``."""
+        with transaction(self.engine) as conn:
+            conn.execute(update(batches).where(batches.c.id == batch_id).values(
+                status="failed", failed_at=utcnow(), runner=None,
+                errors_json=json.dumps([{"code": code, "message": message, "param": None, "line": None}])))
+
     def charged(self, account_id: str, request_id: str) -> tuple[int, int]:
         """(tokens, cost) of the settled request ``request_id``: a line charged before a crash."""
         with transaction(self.engine, write=False) as conn:
