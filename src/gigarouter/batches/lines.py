@@ -19,6 +19,7 @@ charged again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -175,6 +176,7 @@ class LineRunner:
             prepare = partial(route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
                               instruction=req.instruction, truncate=req.truncate, interactive_max_tokens=-1)
             call = await run_in_threadpool(prepare) if route.recipe is not None else prepare()
+            call = dataclasses.replace(call, background=True)   # a local model's background lane
             async with metered(self.gate, principal, model=route.name, tokens=call.tokens,
                                price_per_million_usd=discounted(_reserve_price(plan, route, req), discount),
                                request_id=request_id, idempotency=slot) as meter:

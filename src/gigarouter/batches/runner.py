@@ -58,6 +58,10 @@ ATTEMPTS = 8
 RETRY_MAX_S = 30.0
 #: Lines read from the input file per trip to a worker thread.
 READ_CHUNK_LINES = 256
+#: While interactive requests are about, how often a batch waiting to start its next line looks again.
+INTERACTIVE_POLL_S = 0.02
+#: While interactive requests are about, batches trickle: one line at a time, at most one start this often.
+TRICKLE_INTERVAL_S = 1.0
 #: How often a running batch looks whether it was cancelled.
 CANCEL_POLL_S = 0.5
 #: On shutdown, how long lines in flight may take to finish and be recorded before they are cut off
@@ -79,6 +83,8 @@ class BatchRunner:
         self._task: asyncio.Task | None = None
         self._lock = liveness
         self._own_lock = liveness is None
+        self._lines_in_flight = 0
+        self._last_line_at = float("-inf")
 
     async def start(self) -> None:
         if self._lock is None:
@@ -216,7 +222,8 @@ class BatchRunner:
                 if outcome is not None:
                     await self._record(batch, index, outcome)
                     continue
-                waited = self._slots.locked()
+                waited = await self._yield_to_interactive()
+                waited = self._slots.locked() or waited
                 await self._slots.acquire()
                 # Looked at after the wait for a slot (which may be long): a cancel stops the next line.
                 if waited or time.monotonic() - looked > CANCEL_POLL_S:
@@ -224,6 +231,8 @@ class BatchRunner:
                     if self._closing or await self._stopping(batch):
                         self._slots.release()
                         break
+                self._lines_in_flight += 1
+                self._last_line_at = time.monotonic()
                 task = asyncio.create_task(self._run_line(batch, request, principal))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
@@ -243,7 +252,24 @@ class BatchRunner:
             log.exception("batch %s line %d could not run; it runs again when the batch resumes",
                           batch["id"], request.index)
         finally:
+            self._lines_in_flight -= 1
             self._slots.release()
+
+    async def _yield_to_interactive(self) -> bool:
+        """While interactive requests are about (one arrived within the scheduler's interactive window),
+        batches all but stop: a line starts only when none is running and none started for
+        ``TRICKLE_INTERVAL_S``, so queries find the device free nearly always, and a batch still moves
+        under a steady stream of them. True if it waited."""
+        waited = False
+        while self._interactive_recently() and (
+                self._lines_in_flight >= 1 or time.monotonic() - self._last_line_at < TRICKLE_INTERVAL_S):
+            waited = True
+            await asyncio.sleep(INTERACTIVE_POLL_S)
+        return waited
+
+    def _interactive_recently(self) -> bool:
+        return any(d.scheduler is not None and d.scheduler.interactive_recently
+                   for d in self.lines.router.deployments)
 
     async def _attempts(self, batch: dict[str, Any], request: LineRequest, principal: Principal) -> Outcome:
         wait = 1.0
