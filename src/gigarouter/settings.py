@@ -328,6 +328,17 @@ class Settings:
     # /metrics, /docs and /openapi.json for everyone (true), or only for an admin key or a loopback client.
     public_metrics: bool = True
 
+    # Batch jobs (OpenAI's Batch API, docs/batches.md). An uploaded file's most bytes (413 past it) and
+    # lines (400); the most lines an account may have waiting in its unfinished batches (POST /v1/batches
+    # answers 429 past it); the share of the price a batch line does not pay (0.5: half price); how many
+    # lines the server runs at once, all batches together; and where files live (None = data_dir/batch-files).
+    batch_max_file_bytes: int = 200 * 1024 * 1024
+    batch_max_lines: int = 50_000
+    batch_max_queued_per_account: int = 500_000
+    batch_discount: float = 0.5
+    batch_concurrency: int = 8
+    batch_files_dir: Path | None = None
+
     def __post_init__(self) -> None:
         if isinstance(self.cors_origins, str) or not all(
                 isinstance(o, str) and (o == "*" or (o.startswith(("http://", "https://")) and not o.endswith("/")))
@@ -343,6 +354,7 @@ class Settings:
         if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:
             raise ConfigError("breaker_failures must be a whole number >= 1")
         self._check_cache()
+        self._check_batches()
         credit = self.signup_credit_micro
         if isinstance(credit, bool) or not isinstance(credit, int) or not 0 <= credit <= MAX_SIGNUP_CREDIT_MICRO:
             raise ConfigError(f"signup_credit_micro must be a whole number of micro-dollars from 0 to "
@@ -381,6 +393,19 @@ class Settings:
             raise ConfigError("cache = \"redis\" needs cache_url, e.g. \"redis://cache-host:6379/1\"")
         if not isinstance(self.cache_prefix, str) or not self.cache_prefix:
             raise ConfigError("cache_prefix must be a non-empty string")
+
+    def _check_batches(self) -> None:
+        for key in ("batch_max_file_bytes", "batch_max_lines", "batch_max_queued_per_account", "batch_concurrency"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} must be a whole number >= 1")
+        if not _price_ok(self.batch_discount) or self.batch_discount > 1:
+            raise ConfigError("batch_discount must be a number from 0 (full price) to 1 (free)")
+
+    @property
+    def resolved_batch_files_dir(self) -> Path:
+        """Where batch input, output and error files are kept."""
+        return self.batch_files_dir if self.batch_files_dir is not None else self.data_dir / "batch-files"
 
     @property
     def resolved_cache_path(self) -> Path:
@@ -442,7 +467,7 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
         values["models"] = tuple(ModelConfig.from_dict(m) for m in models)
     server = raw.pop("server", {})
     for key, value in {**server, **raw}.items():
-        if key in ("data_dir", "cache_dir", "cache_path") and value is not None:
+        if key in ("data_dir", "cache_dir", "cache_path", "batch_files_dir") and value is not None:
             value = Path(value).expanduser()
         if key == "cors_origins" and isinstance(value, list):
             value = tuple(value)

@@ -204,9 +204,9 @@ def recover(engine: Engine, lock: InstanceLock) -> RecoveryReport:
         if not lock.probe(owner):
             continue  # alive: its requests are still running
         try:
-            refunded += _refund_owner(engine, owner)
-            with transaction(engine) as conn:
-                released += idempotency.release_owner(conn, owner=owner)
+            owner_refunded, owner_released = recover_owner(engine, owner)
+            refunded += owner_refunded
+            released += owner_released
         finally:
             lock.release(owner)
     with transaction(engine) as conn:
@@ -215,6 +215,14 @@ def recover(engine: Engine, lock: InstanceLock) -> RecoveryReport:
     if refunded or released:
         log.warning("recovered from a dead gateway: %s", report)
     return report
+
+
+def recover_owner(engine: Engine, owner: int) -> tuple[int, int]:
+    """Refund the held reservations and drop the in-flight claims of one dead owner, whose lock the caller
+    holds (``lock.probe(owner)`` said dead); (refunded, released)."""
+    refunded = _refund_owner(engine, owner)
+    with transaction(engine) as conn:
+        return refunded, idempotency.release_owner(conn, owner=owner)
 
 
 def _owners_with_open_work(engine: Engine) -> set[int]:

@@ -139,6 +139,12 @@ class DatabaseGate:
         await asyncio.get_running_loop().run_in_executor(None, functools.partial(self._pool.shutdown, wait=True))
         self.engine.dispose()
 
+    @property
+    def liveness(self) -> recovery.InstanceLock:
+        """This process's liveness lock: the batch runner marks the batches it runs with its owner, so a
+        batch is taken over only when this gateway is dead, and its charges in flight then recovered."""
+        return self._ready_lock()
+
     def _ready_lock(self) -> recovery.InstanceLock:
         if self._lock is None:
             raise NotReady("accounts are not started")

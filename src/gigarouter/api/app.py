@@ -18,7 +18,8 @@ from gigarouter.api.middleware import (
     RequestContextMiddleware,
     redact_access_log,
 )
-from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
+from gigarouter.api.routes import accounts, admin, batches, embeddings, files, health, keys, models, usage
+from gigarouter.batches.jobs import BatchJobs
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
 from gigarouter.router.router import Router
@@ -46,9 +47,12 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
         models = Router(settings, loader=loader, metrics=metrics)
         app.state.router = models
         await models.start()           # loads local models and probes providers in the background
+        app.state.batches = BatchJobs(settings, router=models, gate=app.state.gate, metrics=metrics)
+        await app.state.batches.start()   # resumes unfinished batches once the models are up
         try:
             yield
         finally:
+            await app.state.batches.stop()    # lines in flight finish and are recorded first
             await models.stop()        # finishes admitted work before the process exits
             await app.state.gate.close()
 
@@ -61,11 +65,12 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     install_error_handlers(app)
     openapi.install(app, settings)
     app.add_middleware(ClientAddressMiddleware, settings=settings)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       body_limits={"/v1/files": settings.batch_max_file_bytes + files.MULTIPART_OVERHEAD_BYTES})
     redact_access_log()
     if settings.cors_origins:   # outermost, so a 413 or a 500 reaches the page with its CORS headers too
         app.add_middleware(ApiCorsMiddleware, origins=settings.cors_origins)
-    for module in (embeddings, models, health, accounts, keys, usage, admin):
+    for module in (embeddings, models, health, accounts, keys, usage, admin, files, batches):
         app.include_router(module.router)
     from gigarouter import web
 

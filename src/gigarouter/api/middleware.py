@@ -26,10 +26,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int,
+                 body_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits or {}     # path -> its own limit (file uploads), counted by its route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,9 +52,10 @@ class RequestContextMiddleware:
             await send(message)
 
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        limit = self.body_limits.get(scope.get("path", ""), self.max_body_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._error(send_with_id, 413, "payload_too_large",
-                              f"request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
+                              f"request body is {int(declared)} bytes; the limit is {limit}")
         else:
             try:
                 await self.app(scope, receive, send_with_id)

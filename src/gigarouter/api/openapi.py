@@ -67,10 +67,20 @@ STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/v1/usage"): (400, 401, 403, 404, 429),
     ("post", "/v1/admin/credits"): (400, 401, 402, 403, 404, 413, 429),
     ("get", "/v1/admin/accounts"): (400, 401, 403, 404, 429),
+    ("post", "/v1/files"): (400, 401, 403, 413, 429, 503),
+    ("get", "/v1/files/{file_id}"): (401, 403, 404, 429, 503),
+    ("get", "/v1/files/{file_id}/content"): (401, 403, 404, 429, 503),
+    ("delete", "/v1/files/{file_id}"): (401, 403, 404, 409, 429, 503),
+    ("post", "/v1/batches"): (400, 401, 403, 404, 413, 429, 503),
+    ("get", "/v1/batches"): (400, 401, 403, 404, 429, 503),
+    ("get", "/v1/batches/{batch_id}"): (401, 403, 404, 429, 503),
+    ("post", "/v1/batches/{batch_id}/cancel"): (401, 403, 404, 409, 429, 503),
 }
+#: The batch endpoints (docs/batches.md).
+BATCH_OPERATIONS = {op for op in STATUSES if op[1].startswith(("/v1/files", "/v1/batches"))}
 #: Operations that need an API key when accounts are on (the others are public).
 KEYED = {("post", "/v1/embeddings"), ("get", "/v1/keys"), ("post", "/v1/keys"), ("delete", "/v1/keys/{key_id}"),
-         ("get", "/v1/usage"), ("post", "/v1/admin/credits"), ("get", "/v1/admin/accounts")}
+         ("get", "/v1/usage"), ("post", "/v1/admin/credits"), ("get", "/v1/admin/accounts"), *BATCH_OPERATIONS}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +189,19 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
         "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}}}
     embeddings["responses"]["200"] = {"description": "One vector per input, in order.", "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsResponse"}}}}
+    schema["paths"]["/v1/files"]["post"]["requestBody"] = FILE_UPLOAD
+    schema["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"] = {
+        "description": "The file as uploaded or written (JSONL).",
+        "content": {"application/jsonl": {"schema": {"type": "string"}}}}
     return schema
+
+
+#: POST /v1/files reads its multipart body by hand (its size counted while it streams).
+FILE_UPLOAD: dict[str, Any] = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["purpose", "file"],
+    "properties": {"purpose": {"enum": ["batch"]},
+                   "file": {"type": "string", "format": "binary",
+                            "description": "JSONL: one request per line (docs/batches.md)"}}}}}}
 
 
 def install(app: FastAPI, settings: Settings) -> None:

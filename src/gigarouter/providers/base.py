@@ -34,6 +34,7 @@ class EmbedCall:
     tokens: int = 0                         # billed tokens: exact with ``items``, else an upper bound
     exact_tokens: bool = True
     interactive: bool = True                # rides the interactive lane of a local scheduler
+    background: bool = False                # a batch job's line: a local scheduler's background lane
 
     @property
     def count(self) -> int:

@@ -10,6 +10,12 @@ one per CPU core) gets that many while the queue holds work for more than
 one, each planned with its share of the token budget (so memory and a
 waiting query's delay stay those of one full batch); a batch with nothing
 running and nothing queued behind it has the whole device and budget.
+A third lane, *background* (batch jobs), runs only when the other two are
+empty, in batches cut to what the device runs in ``latency_target_s``; while
+interactive requests are about it all but stops (one such batch at most every
+``background_interval_s``, with nothing else running), so a query finds the
+device free. Its tokens have a bound of their own and never make the other
+lanes refuse work.
 Sequences whose client has gone are dropped before compute. Admission
 is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
 (HTTP 429 with Retry-After) instead of letting the queue grow without limit.
@@ -83,7 +89,7 @@ class _Slot:
 class Scheduler:
     def __init__(self, engine: Engine, *, model: str, token_budget: int, max_queued_tokens: int,
                  metrics: Metrics | None = None, window: int = 512, latency_target_s: float = 0.05,
-                 interactive_window_s: float = 1.0) -> None:
+                 interactive_window_s: float = 1.0, background_interval_s: float = 1.0) -> None:
         self.engine = engine
         self.model = model
         self.token_budget = token_budget
@@ -97,6 +103,10 @@ class Scheduler:
         self._last_interactive_at = float("-inf")
         self._lanes: dict[bool, deque[_Slot]] = {True: deque(), False: deque()}
         self._queued_tokens = 0
+        self._background: deque[_Slot] = deque()
+        self._background_tokens = 0
+        self.background_interval_s = background_interval_s
+        self._last_background_at = float("-inf")
         self._wake = asyncio.Event()
         self._accepting = False
         self._task: asyncio.Task | None = None
@@ -127,15 +137,31 @@ class Scheduler:
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    @property
+    def interactive_recently(self) -> bool:
+        """An interactive request arrived within ``interactive_window_s`` (batch jobs hold back then)."""
+        return time.monotonic() - self._last_interactive_at < self.interactive_window_s
+
     # -- admission --------------------------------------------------------------------------
 
-    async def submit(self, items: list[PreparedInput], *, interactive: bool) -> Job:
-        """Admit a job and return it; await ``job.future`` for ``[n, dim]`` float32 vectors."""
+    async def submit(self, items: list[PreparedInput], *, interactive: bool, background: bool = False) -> Job:
+        """Admit a job and return it; await ``job.future`` for ``[n, dim]`` float32 vectors.
+
+        ``background``: a batch job's work, run only when nothing else waits (see the module).
+        """
         if not self._accepting:
             raise NotReady(f"model {self.model!r} is shutting down", code="shutting_down")
-        job = Job(items=items, interactive=interactive, future=asyncio.get_running_loop().create_future(),
-                  remaining=len(items))
+        job = Job(items=items, interactive=interactive and not background,
+                  future=asyncio.get_running_loop().create_future(), remaining=len(items))
         tokens = job.num_tokens
+        if background:
+            if self._background_tokens and self._background_tokens + tokens > self.max_queued_tokens:
+                raise QueueFull(f"model {self.model!r} has all the background work it can hold; retry shortly",
+                                retry_after=self._drain_estimate(tokens))
+            self._background.extend(_Slot(job, i) for i in range(len(items)))
+            self._background_tokens += tokens
+            self._wake.set()
+            return job
         if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
             if self.metrics:
                 self.metrics.rejected.labels(self.model).inc()
@@ -168,10 +194,13 @@ class Scheduler:
             self._wake.clear()
             while self._device_free() and (planned := self._next_batch()):
                 self._dispatch(*planned)
-            if not self._accepting and not self._in_flight and not any(self._lanes.values()):
+            if not self._accepting and not self._in_flight and not any(self._lanes.values()) \
+                    and not self._background:
                 return
             waits = [asyncio.ensure_future(self._wake.wait()), *self._in_flight]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            # Background work held back for queries is looked at again after a while, not only on news.
+            await asyncio.wait(waits, timeout=0.05 if self._background else None,
+                               return_when=asyncio.FIRST_COMPLETED)
             waits[0].cancel()
 
     def _device_free(self) -> bool:
@@ -196,7 +225,7 @@ class Scheduler:
         self._drop_cancelled()
         interactive, bulk = self._lanes[True], self._lanes[False]
         if not interactive and not bulk:
-            return None
+            return self._next_background()
         # Alternate when both lanes wait, so neither starves the other.
         use_interactive = bool(interactive) and (not bulk or not self._last_lane_interactive)
         lane = interactive if use_interactive else bulk
@@ -222,6 +251,33 @@ class Scheduler:
         self._report_queue()
         return slots, not alone
 
+    def _next_background(self) -> tuple[list[_Slot], bool] | None:
+        """A background batch when the other lanes are empty: cut to the latency target, and while queries
+        are about only with nothing else running and at most one per ``background_interval_s``."""
+        if not self._background:
+            return None
+        if self.interactive_recently and (self._in_flight or
+                                          time.monotonic() - self._last_background_at < self.background_interval_s):
+            return None
+        lane = self._background
+        window = [lane[i] for i in range(min(self.window, len(lane)))]
+        rate = self._rate[False] or self._rate[True] * self.parallel_batches
+        budget = max(1, int(rate * self.latency_target_s)) if rate else self.token_budget
+        alone = not self._in_flight
+        if not alone:
+            budget = max(1, min(budget, self.token_budget // self.parallel_batches))
+        chosen = plan_batch([s.length for s in window], token_budget=min(budget, self.token_budget),
+                            window=self.window)
+        picked = set(chosen)
+        slots = [window[i] for i in chosen]
+        rest = [s for i, s in enumerate(window) if i not in picked]
+        for _ in range(len(window)):
+            lane.popleft()
+        lane.extendleft(reversed(rest))
+        self._background_tokens -= sum(s.length for s in slots)
+        self._last_background_at = time.monotonic()
+        return slots, not alone
+
     def _bulk_budget(self, *, concurrent: bool) -> int:
         """No limit, or, while queries are about, what one batch runs in the latency target."""
         recent = time.monotonic() - self._last_interactive_at < self.interactive_window_s
@@ -235,6 +291,11 @@ class Scheduler:
         return max(1, int(rate * self.latency_target_s))
 
     def _drop_cancelled(self) -> None:
+        if any(s.job.cancelled for s in self._background):
+            self._background_tokens -= sum(s.length for s in self._background if s.job.cancelled)
+            kept = [s for s in self._background if not s.job.cancelled]
+            self._background.clear()
+            self._background.extend(kept)
         for lane in self._lanes.values():
             if any(s.job.cancelled for s in lane):
                 kept = [s for s in lane if not s.job.cancelled]

@@ -27,7 +27,7 @@ class LocalProvider:
             raise ProviderUnavailable(f"model {dep.name!r} is {dep.state} in this process")
         if call.items is None:   # the route tokenizes with this deployment's recipe once it is ready
             raise ProviderUnavailable(f"model {dep.name!r} was not prepared with its tokenizer; retry")
-        job = await dep.scheduler.submit(call.items, interactive=call.interactive)
+        job = await dep.scheduler.submit(call.items, interactive=call.interactive, background=call.background)
         try:
             done, _ = await asyncio.wait({job.future}, timeout=None if math.isinf(timeout_s) else timeout_s)
         except asyncio.CancelledError:     # the client left: its sequences leave the queue before compute

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -44,7 +45,8 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
                            status_code: int = 200) -> HTMLResponse:
     user = web.user
     # Independent reads: let the gate's DB threads run them side by side.
-    account, keys, usage = await asyncio.gather(accounts.account(user), accounts.keys(user), accounts.usage(user))
+    account, keys, usage, batches = await asyncio.gather(accounts.account(user), accounts.keys(user),
+                                                         accounts.usage(user), _batches(request, user.account_id))
     day_points = [(formatting.day(d), tokens) for d, _, tokens, _, _ in usage.days]
     model_points = [(model, tokens) for model, _, tokens, _, _ in usage.models]
     day = {"unit": "tokens", "title": f"Tokens per day, last {USAGE_DAYS} days", "desc": _days_summary(day_points)}
@@ -52,7 +54,7 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
                  "desc": "; ".join(f"{m}: {t:,} tokens" for m, t in model_points) or "No usage yet."}
     return render(request, "dashboard.html", {
         "account": account, "keys": sorted(keys, key=lambda k: (k.revoked_at is not None, k.created_at), reverse=False),
-        "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [],
+        "usage": usage, "days": USAGE_DAYS, "new_key": new_key, "errors": errors or [], "batches": batches,
         "day_chart": charts.columns(day_points, chart_id="usage-days", **day),
         "day_chart_narrow": charts.columns(day_points, chart_id="usage-days-narrow", width=360, height=200,
                                            label_every=7, variant="narrow", **day),
@@ -62,6 +64,13 @@ async def render_dashboard(request: Request, web: WebContext, accounts: Accounts
         "base_url": str(request.base_url).rstrip("/"),
         "model": example_model(getattr(request.app.state, "router", None)),
     }, status_code=status_code)
+
+
+async def _batches(request: Request, account_id: str) -> list[dict]:
+    """The account's newest batch jobs (docs/batches.md), for their progress."""
+    jobs = getattr(request.app.state, "batches", None)
+    recent = await jobs.recent(account_id) if jobs is not None else []
+    return [{**b, "created": datetime.fromtimestamp(b["created_at"], UTC).strftime("%Y-%m-%d %H:%M")} for b in recent]
 
 
 def _days_summary(points: list[tuple[str, int]]) -> str:
