@@ -23,6 +23,8 @@ from gigarouter.settings import Settings
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Retry-After for a 503 that named none (the error tree gives its own; this is the net under web pages).
+DEFAULT_RETRY_AFTER = b"1"
 
 
 class RequestContextMiddleware:
@@ -46,7 +48,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if message["status"] == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", DEFAULT_RETRY_AFTER))    # every 503 says when to come back
+                message["headers"] = headers
             await send(message)
 
         declared = headers.get(b"content-length")

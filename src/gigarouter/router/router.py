@@ -111,6 +111,17 @@ class Router:
             raise NotReady(f"model {name!r} is {route.local.state}{detail}")
         return route, suffix_sort
 
+    def admission_error(self, name: object, tokens: int, *, max_wait_s: float | None = None) -> GigarouterError | None:
+        """``Route.admission_error`` for a model name as the client sent it; None for a name that is not
+        a served model (the full path answers that one precisely)."""
+        if not isinstance(name, str):
+            return None
+        route = self._by_name.get(name.lower())
+        if route is None:
+            base, suffix_sort = split_model_suffix(name)
+            route = self._by_name.get(base.lower()) if suffix_sort else None
+        return route.admission_error(tokens, max_wait_s=max_wait_s) if route is not None else None
+
     def plan(self, route: Route, prefs: Preferences) -> Plan:
         return route.plan(prefs)
 
