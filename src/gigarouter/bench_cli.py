@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -349,6 +350,8 @@ def flood(
     url: Annotated[str | None, typer.Option(help="Drive this server instead of starting the default one.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Model name to send.")] = "all-minilm-l6-v2",
     port: Annotated[int, typer.Option(help="Port of the server it starts.")] = 18500,
+    max_queue_wait_ms: Annotated[float | None, typer.Option(help="Start the server with this max_queue_wait_ms "
+                                                                 "(default: the server's default).")] = None,
     out: OutOption = None,
 ) -> None:
     """~1000 clients at once against the default server (wrk): refusals fast and with Retry-After, no 5xx,
@@ -357,11 +360,16 @@ def flood(
     from gigarouter.bench.corpus import mixed_corpus
     from gigarouter.bench.flood import markdown, run_flood
     from gigarouter.bench.machine import machine_info
+    from gigarouter.settings import Settings
 
     texts = list(mixed_corpus(2048).texts)
     server = None
     if url is None:
-        server = servers.start(servers.gigarouter_spec(port), log_dir=servers.default_log_dir())
+        config = None
+        if max_queue_wait_ms is not None:   # the benchmark's defaults (cache off) plus the limit under test
+            config = Path(tempfile.mkdtemp(prefix="gigarouter-flood-")) / "gigarouter.toml"
+            config.write_text(f'cache = "off"\nmax_queue_wait_ms = {max_queue_wait_ms}\n')
+        server = servers.start(servers.gigarouter_spec(port, config=config), log_dir=servers.default_log_dir())
         url = server.spec.url
     try:
         result = run_flood(url.rstrip("/"), model=model, texts=texts, connections=connections,
@@ -370,8 +378,8 @@ def flood(
     finally:
         if server is not None:
             servers.stop(server)
-    result.update(command=_command(), machine=machine_info(),
-                  date=datetime.now(UTC).isoformat(timespec="seconds"))
+    result.update(command=_command(), machine=machine_info(), date=datetime.now(UTC).isoformat(timespec="seconds"),
+                  max_queue_wait_ms=max_queue_wait_ms or Settings.max_queue_wait_ms)
     print(markdown(result))
     print(f"\nMachine: {report.machine_line(result['machine'])}")
     if out:

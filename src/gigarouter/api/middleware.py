@@ -8,6 +8,7 @@ see every response, including the ones produced for unexpected exceptions.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -83,6 +84,7 @@ class RequestContextMiddleware:
         self.metrics.request_seconds.labels(path, model).observe(seconds)
 
 
+@functools.lru_cache(maxsize=4096)      # the same few peers, every request: parse each once
 def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not value:
         return None

@@ -1,7 +1,8 @@
 """POST /v1/embeddings: refuse early if saturated, authenticate, validate, route, tokenize once, meter, embed, answer.
 
-Checks run cheapest first, so that under a flood a refusal costs almost nothing: the
-deadline headers, then the model's queue asked with an estimate from the body size
+Checks run cheapest first, so that under a flood a refusal costs almost nothing: while
+every model is saturated, api/shedding.py answers 429 before this handler runs; here, the
+deadline headers, then the named model's queue asked with an estimate from the body size
 (429 + Retry-After before the key's database lookup and the tokenizer), then
 authentication and the rest; the exact admission check runs on the token count.
 """
@@ -23,6 +24,7 @@ from gigarouter.accounts.metering import metered
 from gigarouter.api.deadlines import request_timeout_s
 from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RouterDep, SettingsDep
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
+from gigarouter.api.shedding import BODY_BYTES_PER_TOKEN
 from gigarouter.errors import InvalidRequest
 from gigarouter.metrics import Metrics
 from gigarouter.pooling.encoding import finish, to_base64
@@ -36,10 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Responses with more floats than this are serialised off the event loop.
 _INLINE_FLOATS = 64 * 1024
+#: Bodies larger than this are validated off the event loop.
+_INLINE_PARSE_BYTES = 1024 * 1024
 #: How often a waiting request checks whether its client is still there.
 _DISCONNECT_POLL_SECONDS = 0.25
-#: Body bytes per token for the early admission check (a low estimate: see ``_refuse_if_saturated``).
-_BODY_BYTES_PER_TOKEN = 8
 
 
 @router.post("/v1/embeddings")
@@ -50,7 +52,10 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
     deadline = time.monotonic() + timeout_s
     _refuse_if_saturated(request, body, models, timeout_s)      # the cheapest refusal, before any lookup
     principal = await gate.authenticate(request.headers.get("authorization"), scope="embed")
-    req = parse_embedding_request(body, max_inputs=settings.max_inputs)     # before any slot is claimed
+    # Before any slot is claimed. A big body's million token ids are checked on a worker thread, so the
+    # event loop keeps serving meanwhile (orjson's parse itself holds the GIL: no thread would help it).
+    parse = partial(parse_embedding_request, body, max_inputs=settings.max_inputs)
+    req = await run_in_threadpool(parse) if len(getattr(request, "_body", b"")) > _INLINE_PARSE_BYTES else parse()
     key = request.headers.get("idempotency-key")
     async with gate.idempotency(principal, key, fingerprint(body) if key is not None else "") as slot:
         if slot.replay is not None:  # a retry: the first answer again, not charged again
@@ -106,12 +111,13 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
 
 def _refuse_if_saturated(request: Request, body: object, models: Router, timeout_s: float) -> None:
     """Under saturation a refusal must cost almost nothing: before the key's database lookup and the
-    tokenizer, ask the model's queue with an estimate from the body's size. Eight bytes a token is on
-    the low side for JSON text and token ids alike, so this refuses only what the exact check, after
-    tokenizing, would refuse too."""
+    tokenizer, ask the model's queue with an estimate from the body's size (api/shedding.py refused
+    already if every model is saturated; this is the one model named, with the request's deadline).
+    Eight bytes a token is on the low side for JSON text and token ids alike, so this refuses only
+    what the exact check, after tokenizing, would refuse too."""
     name = body.get("model") if isinstance(body, dict) else None
     size = len(getattr(request, "_body", b"") or b"")
-    refusal = models.admission_error(name, size // _BODY_BYTES_PER_TOKEN, max_wait_s=timeout_s)
+    refusal = models.admission_error(name, size // BODY_BYTES_PER_TOKEN, max_wait_s=timeout_s)
     if refusal is not None:
         raise refusal
 
