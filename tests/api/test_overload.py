@@ -14,6 +14,7 @@ from gigarouter.accounts import migrations
 from gigarouter.accounts.gate import OpenGate
 from gigarouter.api.app import create_app
 from gigarouter.engine.sources import embedded_model_dir
+from gigarouter.errors import QueueFull
 from gigarouter.recipes.sbert import SbertRecipe
 from gigarouter.settings import ModelConfig, Settings, default_model
 from tests.conftest import FakeEngine, wait_ready
@@ -281,3 +282,23 @@ def test_every_503_while_the_model_loads_carries_retry_after(tmp_path):
         client.__exit__(None, None, None)
     for r in (ready, embedding):
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, (r.status_code, r.headers)
+
+
+def test_one_saturated_model_does_not_shed_requests_for_another(tmp_path):
+    first = default_model()
+    other = ModelConfig(**{**first.__dict__, "name": "other-model", "aliases": ()})
+    engines = {first.name: FakeEngine(), other.name: FakeEngine()}
+    settings = Settings(data_dir=tmp_path / "data", models=(first, other))
+    client = TestClient(create_app(settings, loader=lambda config, s: (CountingRecipe(), engines[config.name])))
+    client.__enter__()
+    try:
+        wait_ready(client)
+        full = next(d for d in client.app.state.router.deployments if d.name == first.name).scheduler
+        full.admission_error = lambda tokens, max_wait_s=None: QueueFull("full", retry_after=3.0)
+        assert client.app.state.router.saturated(10) is None           # the other model can take it
+        served = client.post("/v1/embeddings", json={"model": "other-model", "input": "hello"})
+        refused = post(client, "hello")
+    finally:
+        client.__exit__(None, None, None)
+    assert served.status_code == 200
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
