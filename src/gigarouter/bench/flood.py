@@ -8,8 +8,8 @@ driven by ``flood.lua`` beside this file. The run:
 2. measures *capacity*: successful requests per second with 8 clients (closed loop),
    after a short warm-up;
 3. floods it with ``connections`` clients (closed loop: each sends its next request
-   as soon as it has an answer, refusals included), while a prober asks ``/health``
-   every 50 ms;
+   as soon as it has an answer, refusals included; a request unanswered after 10 s is a
+   timeout), while a prober asks ``/health`` every 50 ms, each time on a new connection;
 4. checks the issue's bar and writes JSON and a summary.
 
 The bar (issue 12): 0 5xx, 0 socket errors or timeouts, every refusal a 429/503 with
@@ -98,7 +98,10 @@ def wrk_binary() -> str:
 
 
 def run_wrk(url: str, *, bodies: Path, connections: int, duration_s: float, threads: int = 2,
-            timeout_s: float = 60.0, work_dir: Path) -> WrkRun:
+            timeout_s: float = 10.0, work_dir: Path) -> WrkRun:
+    """``timeout_s`` must be well under ``duration_s``: wrk counts a request as a timeout only once
+    that long has passed, so a longer one hides requests never answered before the run ends (a
+    connection the server never accepted, for one)."""
     out = work_dir / f"wrk-{connections}-{time.monotonic_ns()}.json"
     env = {**os.environ, "FLOOD_BODIES": str(bodies), "FLOOD_OUT": str(out), "FLOOD_PATH": "/v1/embeddings"}
     argv = [wrk_binary(), f"-t{min(threads, connections)}", f"-c{connections}", f"-d{int(duration_s)}s",
@@ -114,7 +117,9 @@ def run_wrk(url: str, *, bodies: Path, connections: int, duration_s: float, thre
 
 
 class HealthProber(threading.Thread):
-    """GET /health every ``every_s`` on its own connection; latencies, and failures (timeouts, non-200)."""
+    """GET /health every ``every_s``, each on a new connection as a liveness probe makes it (a kept-alive
+    connection opened before the flood would skip the server's accept queue); latencies, and failures
+    (timeouts, non-200)."""
 
     def __init__(self, url: str, *, every_s: float = 0.05, timeout_s: float = 10.0) -> None:
         super().__init__(name="health-prober", daemon=True)
@@ -126,7 +131,8 @@ class HealthProber(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=self.timeout_s, trust_env=False) as client:
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=self.timeout_s, trust_env=False, limits=fresh) as client:
             while not self._stop_event.is_set():
                 started = time.perf_counter()
                 try:
