@@ -179,20 +179,3 @@ def test_watchdog_fails_queued_work_while_the_device_hangs_then_recovers():
     assert all(isinstance(o, DeviceHung) for o in outcomes)                 # nobody left waiting
     assert refused.status == 503 and int(refused.headers["Retry-After"]) >= 1
     assert hung_after is None and vectors.shape == (1, 8)
-
-
-def test_held_tokens_count_as_work_ahead_until_released():
-    async def main():
-        sched, _ = blocked_scheduler(threading.Event(), rate=100.0, max_queue_wait_s=1.0)
-        assert sched.admission_error(500) is None                          # empty: anything goes
-        release = sched.hold(80)                                           # admitted early, tokenizing
-        crowd = sched.admission_error(30)                                  # 80 + 30 ahead: 1.1 s
-        small = sched.admission_error(10)                                  # 0.9 s: fits
-        release()
-        release()                                                          # idempotent
-        after = sched.admission_error(500)
-        await sched.stop()
-        return crowd, small, after, sched.predicted_wait_s()
-
-    crowd, small, after, wait = run(main())
-    assert isinstance(crowd, QueueFull) and small is None and after is None and wait == 0

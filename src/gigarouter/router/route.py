@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -209,18 +208,6 @@ class Route:
             if refusal is None:
                 return None
         return refusal
-
-    def hold(self, tokens: int) -> Callable[[], None]:
-        """Count an early-admitted request's estimated tokens as work ahead in each local queue that
-        may serve it, until the returned release is called (before it submits, or when it fails)."""
-        releases = [r for b in self.bindings if b.usable and (h := getattr(b.provider, "hold", None)) is not None
-                    and (r := h(tokens)) is not None]
-
-        def release() -> None:
-            for r in releases:
-                r()
-
-        return release
 
     # -- preparing ---------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -112,22 +111,16 @@ class Router:
             raise NotReady(f"model {name!r} is {route.local.state}{detail}")
         return route, suffix_sort
 
-    def admit_early(self, name: object, tokens: int, *, max_wait_s: float | None = None) -> Callable[[], None]:
-        """Raise ``Route.admission_error`` for a model name as the client sent it, or hold ``tokens`` in its
-        queues (``Route.hold``) and return the release. A name that is not a served model passes (the full
-        path answers it precisely)."""
-        route = None
-        if isinstance(name, str):
-            route = self._by_name.get(name.lower())
-            if route is None:
-                base, suffix_sort = split_model_suffix(name)
-                route = self._by_name.get(base.lower()) if suffix_sort else None
+    def admission_error(self, name: object, tokens: int, *, max_wait_s: float | None = None) -> GigarouterError | None:
+        """``Route.admission_error`` for a model name as the client sent it; None for a name that is not
+        a served model (the full path answers that one precisely)."""
+        if not isinstance(name, str):
+            return None
+        route = self._by_name.get(name.lower())
         if route is None:
-            return lambda: None
-        refusal = route.admission_error(tokens, max_wait_s=max_wait_s)
-        if refusal is not None:
-            raise refusal
-        return route.hold(tokens)
+            base, suffix_sort = split_model_suffix(name)
+            route = self._by_name.get(base.lower()) if suffix_sort else None
+        return route.admission_error(tokens, max_wait_s=max_wait_s) if route is not None else None
 
     def saturated(self, tokens: int) -> GigarouterError | None:
         """The refusal a request of about ``tokens`` would get whichever model it named: None unless every

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -122,7 +121,6 @@ class Scheduler:
         self._last_interactive_at = float("-inf")
         self._lanes: dict[bool, deque[_Slot]] = {True: deque(), False: deque()}
         self._queued_tokens = 0
-        self._held_tokens = 0
         self._wake = asyncio.Event()
         self._accepting = False
         self._task: asyncio.Task | None = None
@@ -171,25 +169,8 @@ class Scheduler:
         return self._hung
 
     def _ahead_tokens(self) -> float:
-        """Work ahead of a new request: the queue, requests admitted early and not yet here, and about
-        half of what is on the device."""
-        return self._queued_tokens + self._held_tokens + self._in_flight_tokens / 2
-
-    def hold(self, tokens: int) -> Callable[[], None]:
-        """Count ``tokens`` of a request that passed the early check (api, on an estimate) and is still
-        being authenticated and tokenized: until it submits (call the returned release first) it is
-        work ahead of the next request. Without this, 1000 clients arriving at once all pass the early
-        check against an empty queue, and the exact check refuses them only after tokenizing them all."""
-        self._held_tokens += tokens
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._held_tokens -= tokens
-
-        return release
+        """Work ahead of a new request: the queue, and about half of what is on the device."""
+        return self._queued_tokens + self._in_flight_tokens / 2
 
     def predicted_wait_s(self, extra_tokens: int = 0) -> float:
         """Seconds until the work queued now (plus ``extra_tokens``) is done, at the measured drain rate."""
@@ -208,7 +189,7 @@ class Scheduler:
             return NotReady(f"model {self.model!r} is shutting down", code="shutting_down", retry_after=2.0)
         if self._hung is not None:
             return DeviceHung(f"model {self.model!r}: {self._hung}", retry_after=self.watchdog_floor_s)
-        if not self._queued_tokens and not self._held_tokens:   # or a big request could never run
+        if not self._queued_tokens:   # an empty queue takes any request, or a big one could never run
             return None
         ahead = self._ahead_tokens() + tokens
         rate = self.drain.tokens_per_s

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -20,7 +19,6 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.accounts.gate import Gate
 from gigarouter.accounts.idempotency import fingerprint
 from gigarouter.accounts.metering import metered
 from gigarouter.api.deadlines import request_timeout_s
@@ -34,7 +32,6 @@ from gigarouter.providers.base import EmbedCall
 from gigarouter.router.preferences import parse_preferences
 from gigarouter.router.route import Plan, Route, Routed
 from gigarouter.router.router import Router
-from gigarouter.settings import Settings
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -55,16 +52,7 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
     started = time.perf_counter()
     timeout_s = request_timeout_s(request.headers, settings.request_timeout_s)
     deadline = time.monotonic() + timeout_s
-    release = _admit_early(request, body, models, timeout_s)      # the cheapest refusal, before any lookup
-    try:
-        return await _embed(request, body, settings, models, gate, metrics, started=started, deadline=deadline,
-                            release=release)
-    finally:
-        release()
-
-
-async def _embed(request: Request, body: object, settings: Settings, models: Router, gate: Gate, metrics: Metrics,
-                 *, started: float, deadline: float, release: Callable[[], None]) -> Response:
+    _refuse_if_saturated(request, body, models, timeout_s)      # the cheapest refusal, before any lookup
     principal = await gate.authenticate(request.headers.get("authorization"), scope="embed")
     # Before any slot is claimed. A big body's million token ids are checked on a worker thread, so the
     # event loop keeps serving meanwhile (orjson's parse itself holds the GIL: no thread would help it).
@@ -97,7 +85,6 @@ async def _embed(request: Request, body: object, settings: Settings, models: Rou
         async with metered(gate, principal, model=route.name, tokens=call.tokens,
                            price_per_million_usd=_reserve_price(plan, route, req),
                            request_id=request.state.request_id, idempotency=slot) as meter:
-            release()       # from here on its tokens are counted in the queue itself
             routed = await _until_disconnect(request, route.embed(plan, call, deadline=deadline, metrics=metrics,
                                                                   account=principal.account_id, use_cache=req.cache))
             if routed is None:  # the client left: nothing to send; leaving unsettled refunds
@@ -126,17 +113,17 @@ async def _embed(request: Request, body: object, settings: Settings, models: Rou
     return Response(content, media_type="application/json", headers=headers)
 
 
-def _admit_early(request: Request, body: object, models: Router, timeout_s: float) -> Callable[[], None]:
+def _refuse_if_saturated(request: Request, body: object, models: Router, timeout_s: float) -> None:
     """Under saturation a refusal must cost almost nothing: before the key's database lookup and the
     tokenizer, ask the model's queue with an estimate from the body's size (api/shedding.py refused
     already if every model is saturated; this is the one model named, with the request's deadline).
     Eight bytes a token is on the low side for JSON text and token ids alike, so this refuses only
-    what the exact check, after tokenizing, would refuse too. Admitted, the estimate is held in the
-    queue until the request submits (the returned release), so that a crowd arriving at once does
-    not all pass against an empty queue."""
+    what the exact check, after tokenizing, would refuse too."""
     name = body.get("model") if isinstance(body, dict) else None
     size = len(getattr(request, "_body", b"") or b"")
-    return models.admit_early(name, size // BODY_BYTES_PER_TOKEN, max_wait_s=timeout_s)
+    refusal = models.admission_error(name, size // BODY_BYTES_PER_TOKEN, max_wait_s=timeout_s)
+    if refusal is not None:
+        raise refusal
 
 
 async def _until_disconnect(request: Request, work) -> Routed | None:

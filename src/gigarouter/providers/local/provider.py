@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
 
 from gigarouter.errors import DeadlineExceeded, GigarouterError, ProviderUnavailable
 from gigarouter.providers.base import EmbedCall, ProviderResult
@@ -50,11 +49,6 @@ class LocalProvider:
         if self.deployment.state != "ready" or scheduler is None:
             return None      # the full path gives the precise error
         return scheduler.admission_error(tokens, max_wait_s=max_wait_s)
-
-    def hold(self, tokens: int) -> Callable[[], None] | None:
-        """``Scheduler.hold``: a request admitted early counts as work ahead until it submits."""
-        scheduler = self.deployment.scheduler
-        return scheduler.hold(tokens) if self.deployment.state == "ready" and scheduler is not None else None
 
     async def close(self) -> None:
         await self.deployment.stop()
