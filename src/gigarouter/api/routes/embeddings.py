@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Responses with more floats than this are serialised off the event loop.
 _INLINE_FLOATS = 64 * 1024
-#: Bodies up to this size are tokenized on the event loop (cheaper than the thread hop).
-_INLINE_TOKENIZE_BYTES = 1024
 #: Bodies larger than this are validated off the event loop.
 _INLINE_PARSE_BYTES = 1024 * 1024
 #: How often a waiting request checks whether its client is still there.
@@ -72,11 +70,9 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
         prepare = partial(route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
                           instruction=req.instruction, truncate=req.truncate,
                           interactive_max_tokens=settings.interactive_max_tokens)
-        # Tokenizing blocks: off the loop, unless it is cheaper than the hop to a worker thread: no
-        # tokenizer here (a remote-only model: a byte count), or a small request (a query is tens of
-        # microseconds to tokenize; under a flood the hop back costs it a whole round of the loop).
-        inline = route.recipe is None or len(getattr(request, "_body", b"")) <= _INLINE_TOKENIZE_BYTES
-        call = prepare() if inline else await run_in_threadpool(prepare)
+        # Tokenizing blocks: off the loop. Without a tokenizer here (a remote-only model) it is a
+        # byte count, cheaper than the hop to a worker thread.
+        call = await run_in_threadpool(prepare) if route.recipe is not None else prepare()
         tokenized = time.perf_counter()
         # The tokens-per-minute limit counts what the request is likely to cost: exact where we
         # tokenize, else a typical count rather than the reservation's much larger bound.
