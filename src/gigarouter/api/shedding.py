@@ -9,7 +9,7 @@ request costs FastAPI's routing and dependency solving and an exception's trip
 through the handlers; refused here it costs a header scan and one preformatted
 answer (docs/benchmarks.md, section 10, measures both).
 
-Pure ASGI. It asks ``Router.admission_error`` with no model name: "would every
+Pure ASGI. It asks ``Router.saturated`` with no model name: "would every
 served model refuse this many tokens now?", estimated from Content-Length, so
 with several models a saturated one does not shed requests for the others (the
 handler then refuses per model, still before the key lookup and the tokenizer).
