@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -323,6 +325,54 @@ def cache(
     print(f"\nMachine: {report.machine_line(result['machine'])}")
     if out:
         report.write_json(out, result)
+
+
+@app.command()
+def flood(
+    connections: Annotated[int, typer.Option(help="Clients sending at once in the flood (wrk connections).")] = 1000,
+    capacity_clients: Annotated[int, typer.Option(help="Clients for the capacity measurement.")] = 8,
+    duration: Annotated[float, typer.Option(help="Seconds of flood.")] = 30.0,
+    capacity_duration: Annotated[float, typer.Option(help="Seconds of the capacity measurement.")] = 20.0,
+    inputs_per_request: Annotated[int, typer.Option(help="Texts per request (from the mixed corpus).")] = 1,
+    url: Annotated[str | None, typer.Option(help="Drive this server instead of starting the default one.")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name to send.")] = "all-minilm-l6-v2",
+    port: Annotated[int, typer.Option(help="Port of the server it starts.")] = 18500,
+    max_queue_wait_ms: Annotated[float | None, typer.Option(help="Start the server with this max_queue_wait_ms "
+                                                                 "(default: the server's default).")] = None,
+    out: OutOption = None,
+) -> None:
+    """~1000 clients at once against the default server (wrk): refusals fast and with Retry-After, no 5xx,
+    goodput vs the 8-client capacity, success p99, /health p99 (exit status 1 if the bar is missed)."""
+    from gigarouter.bench import report, servers
+    from gigarouter.bench.corpus import mixed_corpus
+    from gigarouter.bench.flood import markdown, run_flood
+    from gigarouter.bench.machine import machine_info
+    from gigarouter.settings import Settings
+
+    texts = list(mixed_corpus(2048).texts)
+    server = None
+    if url is None:
+        config = None
+        if max_queue_wait_ms is not None:   # the benchmark's defaults (cache off) plus the limit under test
+            config = Path(tempfile.mkdtemp(prefix="gigarouter-flood-")) / "gigarouter.toml"
+            config.write_text(f'cache = "off"\nmax_queue_wait_ms = {max_queue_wait_ms}\n')
+        server = servers.start(servers.gigarouter_spec(port, config=config), log_dir=servers.default_log_dir())
+        url = server.spec.url
+    try:
+        result = run_flood(url.rstrip("/"), model=model, texts=texts, connections=connections,
+                           capacity_clients=capacity_clients, capacity_s=capacity_duration, flood_s=duration,
+                           inputs_per_request=inputs_per_request, log=_log)
+    finally:
+        if server is not None:
+            servers.stop(server)
+    result.update(command=_command(), machine=machine_info(), date=datetime.now(UTC).isoformat(timespec="seconds"),
+                  max_queue_wait_ms=max_queue_wait_ms or Settings.max_queue_wait_ms)
+    print(markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+    if not result["passed"]:
+        raise typer.Exit(1)
 
 
 def _counter(tokenizer_dir: Path | None):

@@ -83,30 +83,43 @@ class PayloadTooLarge(GigarouterError):
     code = "payload_too_large"
 
 
-class RateLimited(GigarouterError):
+def retry_after_header(seconds: float) -> str:
+    """Retry-After as HTTP wants it: whole seconds, rounded up, at least 1."""
+    return str(max(1, int(seconds + 0.999)))
+
+
+class RetryLater(GigarouterError):
+    """A refusal that says when to come back: every 429 and every 503 carries Retry-After."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.headers.setdefault("Retry-After", retry_after_header(retry_after))
+
+
+class RateLimited(RetryLater):
     """Too many requests for a key, or the scheduler's queue is full (429)."""
 
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float, **kwargs) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
-
 
 class QueueFull(RateLimited):
+    """A model's queue already holds more work than ``max_queue_wait_ms`` of device time (or its token bound)."""
+
     code = "queue_full"
 
 
-class NotReady(GigarouterError):
+class NotReady(RetryLater):
+    """The model is loading, or the server is shutting down (503 + Retry-After)."""
+
     status = 503
     type = "server_error"
     code = "not_ready"
 
 
-class ModelLoadError(GigarouterError):
+class ModelLoadError(RetryLater):
     """Weights could not be found, downloaded or read (raised at start-up or by the CLI)."""
 
     status = 503
@@ -114,17 +127,26 @@ class ModelLoadError(GigarouterError):
     code = "model_unavailable"
 
 
-class Overloaded(GigarouterError):
+class Overloaded(RetryLater):
     """The device or a provider cannot take this request now; retrying later may work (503 + Retry-After)."""
 
     status = 503
     type = "server_error"
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kwargs) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-        self.headers.setdefault("Retry-After", str(max(1, int(retry_after + 0.999))))
+
+class DeadlineExceeded(Overloaded):
+    """The request's deadline (``request_timeout_s``, or less if the client asked) passed before its
+    vectors were ready: its work left the queue and its reservation was refunded."""
+
+    code = "timeout"
+
+
+class DeviceHung(Overloaded):
+    """The scheduler's watchdog found a batch running far past its predicted time: the device is not
+    answering, so queued and new work fail at once instead of waiting behind it."""
+
+    code = "device_hung"
 
 
 class EngineOutOfMemory(Overloaded):

@@ -261,7 +261,10 @@ class Settings:
     # Request limits.
     max_body_bytes: int = 8 * 1024 * 1024
     max_inputs: int = 2048
-    # Every request's deadline: failover to another provider happens within it.
+    # Every request's deadline: failover to another provider happens within it; work still queued
+    # when it passes leaves the queue, is refunded, and the client gets 503 + Retry-After. A client
+    # may ask for less with the X-Request-Timeout header (seconds; openai-python's
+    # X-Stainless-Read-Timeout counts the same).
     request_timeout_s: float = 600.0
 
     # Router: how often every provider embeds the probe set (vector fingerprints), and how
@@ -274,6 +277,12 @@ class Settings:
     # most tokens that may wait in a model's queue before new work gets 429.
     batch_token_budget: int | None = None
     max_queued_tokens: int = 1_000_000
+    # Admission by predicted wait: a request that would wait longer than this in a model's queue, at
+    # the queue's measured drain rate, gets 429 + Retry-After at once (docs/benchmarks.md, section 11).
+    max_queue_wait_ms: float = 1000.0
+    # The watchdog: a batch running longer than max(this, 10 x its predicted time) marks the device
+    # hung (/ready 503, queued and new work 503 + Retry-After) until the batch comes back.
+    watchdog_floor_s: float = 10.0
     # Requests with at most this many tokens in all ride the interactive lane; while such
     # requests are about, bulk batches are cut to what the device runs in this many ms.
     interactive_max_tokens: int = 512
@@ -348,7 +357,8 @@ class Settings:
         if self.cpu_parallel_batches is not None and (
                 not isinstance(self.cpu_parallel_batches, int) or self.cpu_parallel_batches < 1):
             raise ConfigError("cpu_parallel_batches must be a whole number >= 1")
-        for key in ("request_timeout_s", "fingerprint_interval_s", "breaker_cooldown_s"):
+        for key in ("request_timeout_s", "fingerprint_interval_s", "breaker_cooldown_s", "max_queue_wait_ms",
+                    "watchdog_floor_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0")
         if not isinstance(self.breaker_failures, int) or self.breaker_failures < 1:

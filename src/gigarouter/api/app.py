@@ -19,6 +19,7 @@ from gigarouter.api.middleware import (
     redact_access_log,
 )
 from gigarouter.api.routes import accounts, admin, batches, embeddings, files, health, keys, models, usage
+from gigarouter.api.shedding import SheddingMiddleware
 from gigarouter.batches.jobs import BatchJobs
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     app.state.metrics = metrics
     install_error_handlers(app)
     openapi.install(app, settings)
+    app.add_middleware(SheddingMiddleware)          # innermost: after open mode's loopback check
     app.add_middleware(ClientAddressMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        body_limits={"/v1/files": settings.batch_max_file_bytes + files.MULTIPART_OVERHEAD_BYTES})

@@ -8,6 +8,7 @@ see every response, including the ones produced for unexpected exceptions.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -23,6 +24,8 @@ from gigarouter.settings import Settings
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Retry-After for a 503 that named none (the error tree gives its own; this is the net under web pages).
+DEFAULT_RETRY_AFTER = b"1"
 
 
 class RequestContextMiddleware:
@@ -48,7 +51,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if message["status"] == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
+                    headers.append((b"retry-after", DEFAULT_RETRY_AFTER))    # every 503 says when to come back
+                message["headers"] = headers
             await send(message)
 
         declared = headers.get(b"content-length")
@@ -81,6 +87,7 @@ class RequestContextMiddleware:
         self.metrics.request_seconds.labels(path, model).observe(seconds)
 
 
+@functools.lru_cache(maxsize=4096)      # the same few peers, every request: parse each once
 def _ip(value: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if not value:
         return None

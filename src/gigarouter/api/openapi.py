@@ -45,10 +45,26 @@ WHY = {
     404: "Unknown model, key, account or route; or accounts are off on this server (`accounts_disabled`).",
     409: "An account with this email exists, or a request with this Idempotency-Key is still running.",
     413: "The body is larger than `max_body_bytes`.",
-    429: "A rate limit (the key's, sign-up's per address) or a full model queue; see `Retry-After`.",
-    503: "No provider can serve the model now, the model is loading, or the server is shutting down; "
-         "see `Retry-After`.",
+    429: "A rate limit (the key's, sign-up's per address), or the model's queue would make this request wait "
+         "longer than `max_queue_wait_ms` (or its own deadline); see `Retry-After`.",
+    503: "No provider can serve the model now, the model is loading, the device hangs, the request's deadline "
+         "passed (its work was dropped and not charged), or the server is shutting down; see `Retry-After`.",
 }
+
+#: Statuses whose every answer carries Retry-After (seconds).
+RETRY_AFTER = {"Retry-After": {"required": True, "description": "Whole seconds to wait before retrying.",
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+#: The client's own deadline, in seconds (api/deadlines.py); never more than the server's `request_timeout_s`.
+TIMEOUT_PARAMETERS = [
+    {"name": name, "in": "header", "required": False, "description": description,
+     "schema": {"type": "number", "exclusiveMinimum": 0}}
+    for name, description in (
+        ("X-Request-Timeout", "Seconds this request may take (less than the server's `request_timeout_s`); "
+                              "past it, 503 with Retry-After and no charge."),
+        ("X-Stainless-Read-Timeout", "openai-python's read timeout, honoured as X-Request-Timeout."),
+    )
+]
 
 #: Every operation in the schema and the error statuses it can answer (besides its success status).
 STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
@@ -178,6 +194,8 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
             responses.pop("422", None)
             for status in statuses:
                 responses[str(status)] = {"description": WHY[status], "content": error}
+                if status in (429, 503):
+                    responses[str(status)]["headers"] = RETRY_AFTER
             if (method, path) in KEYED:
                 operation["security"] = [{"bearer": []}]
     missing = set(STATUSES) - seen
@@ -185,6 +203,7 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
         raise RuntimeError(f"api.openapi.STATUSES lists operations the app does not have: {sorted(missing)}")
 
     embeddings = schema["paths"]["/v1/embeddings"]["post"]
+    embeddings["parameters"] = [*embeddings.get("parameters", []), *TIMEOUT_PARAMETERS]
     embeddings["requestBody"] = {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}}}
     embeddings["responses"]["200"] = {"description": "One vector per input, in order.", "content": {

@@ -104,7 +104,7 @@ def _parse_input(value: Any, *, max_inputs: int) -> tuple[list[str] | None, list
             if not item:
                 raise InvalidRequest(f"input[{i}] must not be empty", param=f"input[{i}]")
             _check_tokens(item, f"input[{i}]")
-        return None, [list(item) for item in value]
+        return None, list(value)      # the inner lists are this request's own, fresh from the parser
     raise InvalidRequest("input items must be strings, token ids (integers) or arrays of token ids",
                          param="input[0]")
 
@@ -114,6 +114,10 @@ def _is_token(value: Any) -> bool:
 
 
 def _check_tokens(values: list[Any], param: str) -> None:
+    # The common case at C speed (a 5 MB body holds a million ids: a Python loop held the event loop for
+    # ~1 s on a busy 2-core machine); the loop below only finds the first bad one for the message.
+    if values and set(map(type, values)) == {int} and 0 <= min(values) and max(values) <= MAX_INT:
+        return
     for j, token in enumerate(values):
         if not _is_token(token) or not 0 <= token <= MAX_INT:
             raise InvalidRequest(f"{param}[{j}] must be an integer token id from 0 to {MAX_INT}", param=param)

@@ -192,6 +192,23 @@ class Route:
         ordered = sorted((b for b in ranked if b.name.lower() in first), key=lambda b: first.index(b.name.lower()))
         return ordered + [b for b in ranked if b.name.lower() not in first]
 
+    def admission_error(self, tokens: int, *, max_wait_s: float | None = None) -> GigarouterError | None:
+        """The refusal every usable provider would give ``tokens`` now, or None if one may take it.
+
+        Cheap (no I/O): the API asks it with an estimate from the body size before it
+        authenticates or tokenizes, so a saturated model refuses for almost nothing. Only a
+        local queue knows it is full; a remote provider is assumed to take the request.
+        """
+        refusal = None
+        for binding in self.bindings:
+            if not binding.usable:
+                continue
+            check = getattr(binding.provider, "admission_error", None)
+            refusal = check(tokens, max_wait_s=max_wait_s) if check is not None else None
+            if refusal is None:
+                return None
+        return refusal
+
     # -- preparing ---------------------------------------------------------------------------
 
     def prepare(self, *, texts: list[str] | None, token_ids: list[list[int]] | None, input_type: str = "document",

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from gigarouter.catalog.cards import ModelCard, find_card, load_cards
-from gigarouter.errors import GigarouterError, ModelNotFound, NotReady
+from gigarouter.errors import GigarouterError, ModelNotFound, NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import Provider
 from gigarouter.providers.local.deployment import Deployment, ModelLoader
@@ -110,6 +110,33 @@ class Router:
             detail = f": {route.local.error}" if route.local.error else ""
             raise NotReady(f"model {name!r} is {route.local.state}{detail}")
         return route, suffix_sort
+
+    def admission_error(self, name: object, tokens: int, *, max_wait_s: float | None = None) -> GigarouterError | None:
+        """``Route.admission_error`` for a model name as the client sent it; None for a name that is not
+        a served model (the full path answers that one precisely)."""
+        if not isinstance(name, str):
+            return None
+        route = self._by_name.get(name.lower())
+        if route is None:
+            base, suffix_sort = split_model_suffix(name)
+            route = self._by_name.get(base.lower()) if suffix_sort else None
+        return route.admission_error(tokens, max_wait_s=max_wait_s) if route is not None else None
+
+    def saturated(self, tokens: int) -> GigarouterError | None:
+        """The refusal a request of about ``tokens`` would get whichever model it named: None unless every
+        route refuses (the load-shedding middleware asks it before it knows the model)."""
+        refusals = []
+        for route in self.routes:
+            refusal = route.admission_error(tokens)
+            if refusal is None:
+                return None
+            refusals.append(refusal)
+        if len(refusals) == 1:
+            return refusals[0]
+        if not refusals:
+            return None
+        return QueueFull("every model on this server is at capacity; retry after the Retry-After seconds",
+                         retry_after=min(getattr(r, "retry_after", 1.0) for r in refusals))
 
     def plan(self, route: Route, prefs: Preferences) -> Plan:
         return route.plan(prefs)

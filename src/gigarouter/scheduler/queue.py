@@ -16,9 +16,15 @@ interactive requests are about it all but stops (one such batch at most every
 ``background_interval_s``, with nothing else running), so a query finds the
 device free. Its tokens have a bound of their own and never make the other
 lanes refuse work.
-Sequences whose client has gone are dropped before compute. Admission
-is bounded by queued tokens: past the bound, ``submit`` raises ``QueueFull``
-(HTTP 429 with Retry-After) instead of letting the queue grow without limit.
+Sequences whose client has gone (or whose deadline passed) are dropped before
+compute. Admission is bounded by predicted wait (``scheduler/admission.py``): a
+request whose work would end later than ``max_queue_wait_s`` from now, at the
+queue's measured drain rate, gets ``QueueFull`` (HTTP 429 with Retry-After) at
+once; ``max_queued_tokens`` stays as a memory bound behind it.
+A watchdog marks the device hung when a batch runs far past its predicted time
+(``watchdog_limit_s``): queued work then fails with ``DeviceHung`` (503 with
+Retry-After), new work is refused the same way, and the first batch that comes
+back ends it.
 A batch the device runs out of memory on is tried again in halves, down to
 single sequences; only a sequence that does not fit alone fails, and only
 its own job, with ``EngineOutOfMemory`` (HTTP 503 with Retry-After).
@@ -37,9 +43,10 @@ from functools import partial
 import numpy as np
 
 from gigarouter.engine.base import Engine, pack
-from gigarouter.errors import EngineOutOfMemory, NotReady, QueueFull
+from gigarouter.errors import DeviceHung, EngineOutOfMemory, GigarouterError, NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
+from gigarouter.scheduler.admission import DrainRate, predicted_wait_s, retry_after_s, watchdog_limit_s
 from gigarouter.scheduler.batching import batch_cost, plan_batch
 
 log = logging.getLogger(__name__)
@@ -86,14 +93,31 @@ class _Slot:
         return len(self.job.items[self.index].token_ids)
 
 
+@dataclass(eq=False)
+class _Running:
+    """A batch on the device, as the watchdog sees it."""
+
+    slots: list[_Slot]
+    tokens: int
+    started: float
+    limit_s: float          # past this it counts as hung
+
+    def overdue(self, now: float) -> bool:
+        return now - self.started > self.limit_s
+
+
 class Scheduler:
     def __init__(self, engine: Engine, *, model: str, token_budget: int, max_queued_tokens: int,
                  metrics: Metrics | None = None, window: int = 512, latency_target_s: float = 0.05,
-                 interactive_window_s: float = 1.0, background_interval_s: float = 1.0) -> None:
+                 interactive_window_s: float = 1.0, background_interval_s: float = 1.0,
+                 max_queue_wait_s: float | None = None, watchdog_floor_s: float = 10.0) -> None:
         self.engine = engine
         self.model = model
         self.token_budget = token_budget
         self.max_queued_tokens = max_queued_tokens
+        # None: no bound by time (only max_queued_tokens).
+        self.max_queue_wait_s = max_queue_wait_s
+        self.watchdog_floor_s = watchdog_floor_s
         self.metrics = metrics
         self.window = window
         # While interactive requests are about, a bulk batch is cut to what the device
@@ -112,7 +136,11 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self.parallel_batches = max(1, engine.parallel_batches)
         self._device = ThreadPoolExecutor(max_workers=self.parallel_batches, thread_name_prefix=f"device-{model}")
-        self._in_flight: set[asyncio.Task] = set()
+        self._in_flight: dict[asyncio.Task, _Running] = {}
+        self._in_flight_tokens = 0
+        self.drain = DrainRate()
+        self._hung: str | None = None            # why the watchdog thinks the device hangs
+        self._watchdog: asyncio.Task | None = None
         self._alone_in_flight = False       # a batch that was given the whole device is running
         self._last_lane_interactive = False
         # Moving averages of one batch's tokens/s, apart for a batch that had the device
@@ -123,15 +151,23 @@ class Scheduler:
 
     def start(self) -> None:
         self._accepting = True
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"scheduler-{self.model}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"scheduler-{self.model}")
+        self._watchdog = loop.create_task(self._watch(), name=f"watchdog-{self.model}")
 
     async def stop(self) -> None:
-        """Refuse new work, finish everything already admitted, then stop."""
+        """Refuse new work, finish everything already admitted (not what a hung device holds), then stop."""
         self._accepting = False
         self._wake.set()
         if self._task is not None:
             await self._task
-        self._device.shutdown(wait=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._device.shutdown(wait=self._hung is None)
+
+    def seed_rate(self, tokens_per_s: float) -> None:
+        """The drain rate measured at warm-up, so admission by wait works from the first request."""
+        self.drain.seed(tokens_per_s)
 
     @property
     def queued_tokens(self) -> int:
@@ -142,31 +178,78 @@ class Scheduler:
         """An interactive request arrived within ``interactive_window_s`` (batch jobs hold back then)."""
         return time.monotonic() - self._last_interactive_at < self.interactive_window_s
 
+    def hung(self) -> str | None:
+        """Why the watchdog thinks the device hangs, or None."""
+        return self._hung
+
+    def _ahead_tokens(self) -> float:
+        """Work ahead of a new request: the queue, and about half of what is on the device."""
+        return self._queued_tokens + self._in_flight_tokens / 2
+
+    def predicted_wait_s(self, extra_tokens: int = 0) -> float:
+        """Seconds until the work queued now (plus ``extra_tokens``) is done, at the measured drain rate."""
+        return predicted_wait_s(self._ahead_tokens() + extra_tokens, self.drain.tokens_per_s)
+
     # -- admission --------------------------------------------------------------------------
 
-    async def submit(self, items: list[PreparedInput], *, interactive: bool, background: bool = False) -> Job:
-        """Admit a job and return it; await ``job.future`` for ``[n, dim]`` float32 vectors.
+    def admission_error(self, tokens: int, *, max_wait_s: float | None = None) -> GigarouterError | None:
+        """Why a request of ``tokens`` would be refused now (counted in the metrics), or None. Cheap (no
+        lock, no scan): the API asks it with an estimate before authenticating or tokenizing, and
+        ``submit`` with the exact count.
 
-        ``background``: a batch job's work, run only when nothing else waits (see the module).
+        ``max_wait_s`` (the request's remaining deadline) tightens ``max_queue_wait_s`` for one request.
         """
         if not self._accepting:
-            raise NotReady(f"model {self.model!r} is shutting down", code="shutting_down")
+            return NotReady(f"model {self.model!r} is shutting down", code="shutting_down", retry_after=2.0)
+        if self._hung is not None:
+            return DeviceHung(f"model {self.model!r}: {self._hung}", retry_after=self.watchdog_floor_s)
+        if not self._queued_tokens:   # an empty queue takes any request, or a big one could never run
+            return None
+        ahead = self._ahead_tokens() + tokens
+        rate = self.drain.tokens_per_s
+        if self._queued_tokens + tokens > self.max_queued_tokens:
+            return self._refused(f"model {self.model!r} is at capacity ({self.max_queued_tokens} queued tokens); "
+                             "retry shortly", retry_after=retry_after_s(ahead, rate, 0.0))
+        limit = self.max_queue_wait_s
+        if max_wait_s is not None:
+            limit = max_wait_s if limit is None else min(limit, max_wait_s)
+        if limit is not None and predicted_wait_s(ahead, rate) > limit:
+            return self._refused(f"model {self.model!r} is at capacity: this request would wait about "
+                             f"{predicted_wait_s(ahead, rate):.1f} s, over the limit of {limit:.1f} s; "
+                             "retry after the Retry-After seconds", retry_after=retry_after_s(ahead, rate, limit))
+        return None
+
+    def _refused(self, message: str, *, retry_after: float) -> QueueFull:
+        if self.metrics:
+            self.metrics.rejected.labels(self.model).inc()
+        return QueueFull(message, retry_after=retry_after)
+
+    async def submit(self, items: list[PreparedInput], *, interactive: bool, background: bool = False,
+                     max_wait_s: float | None = None) -> Job:
+        """Admit a job and return it; await ``job.future`` for ``[n, dim]`` float32 vectors.
+
+        ``background``: a batch job's work, run only when nothing else waits (see the module); it is
+        bounded by its own queued tokens, not by the predicted wait of the other lanes.
+        """
         job = Job(items=items, interactive=interactive and not background,
                   future=asyncio.get_running_loop().create_future(), remaining=len(items))
         tokens = job.num_tokens
         if background:
+            if not self._accepting:
+                raise NotReady(f"model {self.model!r} is shutting down", code="shutting_down", retry_after=2.0)
+            if self._hung is not None:
+                raise DeviceHung(f"model {self.model!r}: {self._hung}", retry_after=self.watchdog_floor_s)
             if self._background_tokens and self._background_tokens + tokens > self.max_queued_tokens:
                 raise QueueFull(f"model {self.model!r} has all the background work it can hold; retry shortly",
-                                retry_after=self._drain_estimate(tokens))
+                                retry_after=retry_after_s(self._background_tokens + tokens,
+                                                          self.drain.tokens_per_s, 0.0))
             self._background.extend(_Slot(job, i) for i in range(len(items)))
             self._background_tokens += tokens
             self._wake.set()
             return job
-        if self._queued_tokens and self._queued_tokens + tokens > self.max_queued_tokens:
-            if self.metrics:
-                self.metrics.rejected.labels(self.model).inc()
-            raise QueueFull(f"model {self.model!r} is at capacity; retry shortly",
-                            retry_after=self._drain_estimate(tokens))
+        refusal = self.admission_error(tokens, max_wait_s=max_wait_s)
+        if refusal is not None:
+            raise refusal
         if interactive:
             self._last_interactive_at = time.monotonic()
         lane = self._lanes[interactive]
@@ -177,14 +260,13 @@ class Scheduler:
         return job
 
     def cancel(self, job: Job) -> None:
-        """The client left: drop what has not run yet."""
+        """The client left or its deadline passed: its sequences leave the queue now (the predicted
+        wait of everyone behind drops at once), and what is on the device is not delivered."""
         if not job.future.done():
             job.cancelled = True
             job.future.cancel()
-
-    def _drain_estimate(self, extra_tokens: int) -> float:
-        rate = max(self._rate[False], self._rate[True] * self.parallel_batches) or 1000.0
-        return (self._queued_tokens + extra_tokens) / rate
+            self._drop_cancelled()
+            self._report_queue()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -194,8 +276,9 @@ class Scheduler:
             self._wake.clear()
             while self._device_free() and (planned := self._next_batch()):
                 self._dispatch(*planned)
-            if not self._accepting and not self._in_flight and not any(self._lanes.values()) \
-                    and not self._background:
+            # Stopping: finish what was admitted, except what a hung device holds (already failed).
+            if not self._accepting and not any(self._lanes.values()) and not self._background \
+                    and (not self._in_flight or self._hung):
                 return
             waits = [asyncio.ensure_future(self._wake.wait()), *self._in_flight]
             # Background work held back for queries is looked at again after a while, not only on news.
@@ -204,21 +287,66 @@ class Scheduler:
             waits[0].cancel()
 
     def _device_free(self) -> bool:
-        return not self._alone_in_flight and len(self._in_flight) < self.parallel_batches
+        return (not self._alone_in_flight and len(self._in_flight) < self.parallel_batches
+                and self._hung is None)
 
     def _dispatch(self, slots: list[_Slot], concurrent: bool) -> None:
         self._alone_in_flight = not concurrent
+        tokens = sum(s.length for s in slots)
+        # A shared batch runs at about its share of the drain rate.
+        share = self.drain.tokens_per_s / (self.parallel_batches if concurrent else 1)
+        running = _Running(slots, tokens, started=time.perf_counter(),
+                           limit_s=watchdog_limit_s(predicted_wait_s(tokens, share), floor_s=self.watchdog_floor_s))
         task = asyncio.get_running_loop().create_task(self._execute(slots, concurrent=concurrent))
-        self._in_flight.add(task)
+        self._in_flight[task] = running
+        self._in_flight_tokens += tokens
+        self.drain.batch_started()
         task.add_done_callback(self._batch_done)
 
     def _batch_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:   # a bug here, not a device error
             log.error("batch for model %s failed", self.model, exc_info=task.exception())
-        self._in_flight.discard(task)
+        running = self._in_flight.pop(task)
+        self._in_flight_tokens -= running.tokens
+        # A batch the watchdog flagged says nothing about the normal rate: its time is not a sample.
+        self.drain.batch_finished(running.tokens, discard=running.overdue(time.perf_counter()))
         if not self._in_flight:
             self._alone_in_flight = False
+        if self._hung is not None and not self._overdue():
+            log.warning("model %s: the device answered again; accepting work", self.model)
+            self._hung = None
         self._wake.set()
+
+    # -- the watchdog -----------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        every = min(1.0, self.watchdog_floor_s / 4)
+        while True:
+            await asyncio.sleep(every)
+            overdue = self._overdue()
+            if overdue is not None and self._hung is None:
+                self._declare_hung(overdue)
+
+    def _overdue(self) -> _Running | None:
+        now = time.perf_counter()
+        return next((r for r in self._in_flight.values() if r.overdue(now)), None)
+
+    def _declare_hung(self, batch: _Running) -> None:
+        """Fail everything waiting on the device (queued, and the stuck batch's own jobs) with 503."""
+        self._hung = (f"the device has not finished a batch of {batch.tokens} tokens in "
+                      f"{time.perf_counter() - batch.started:.0f} s (limit {batch.limit_s:.0f} s)")
+        log.error("model %s: %s; failing queued work until it answers", self.model, self._hung)
+        error = DeviceHung(f"model {self.model!r}: {self._hung}", retry_after=self.watchdog_floor_s)
+        slots = [s for lane in self._lanes.values() for s in lane] + list(self._background)
+        slots += [s for r in self._in_flight.values() for s in r.slots]
+        for job in {id(s.job): s.job for s in slots}.values():
+            if not job.future.done():
+                job.future.set_exception(error)
+        for lane in self._lanes.values():
+            lane.clear()
+        self._background.clear()
+        self._queued_tokens = self._background_tokens = 0
+        self._report_queue()
 
     def _next_batch(self) -> tuple[list[_Slot], bool] | None:
         """The next batch and whether it shares the device (None: nothing waits)."""
@@ -342,7 +470,7 @@ class Scheduler:
                 if not slots[0].job.future.done():      # its client may have gone meanwhile
                     slots[0].job.future.set_exception(EngineOutOfMemory(
                         f"model {self.model!r} ran out of device memory on a sequence of {batch.num_tokens} "
-                        "tokens; retry later or send shorter input", retry_after=max(1.0, self._drain_estimate(0))))
+                        "tokens; retry later or send shorter input", retry_after=max(1.0, self.predicted_wait_s())))
                 return
             log.warning("model %s: out of device memory on %d sequences (%d tokens); trying halves",
                         self.model, len(slots), batch.num_tokens)

@@ -1,4 +1,11 @@
-"""POST /v1/embeddings: authenticate, validate, route, tokenize once, meter, embed, answer."""
+"""POST /v1/embeddings: refuse early if saturated, authenticate, validate, route, tokenize once, meter, embed, answer.
+
+Checks run cheapest first, so that under a flood a refusal costs almost nothing: while
+every model is saturated, api/shedding.py answers 429 before this handler runs; here, the
+deadline headers, then the named model's queue asked with an estimate from the body size
+(429 + Retry-After before the key's database lookup and the tokenizer), then
+authentication and the rest; the exact admission check runs on the token count.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +21,25 @@ from starlette.concurrency import run_in_threadpool
 
 from gigarouter.accounts.idempotency import fingerprint
 from gigarouter.accounts.metering import metered
+from gigarouter.api.deadlines import request_timeout_s
 from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RouterDep, SettingsDep
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
+from gigarouter.api.shedding import BODY_BYTES_PER_TOKEN
 from gigarouter.errors import InvalidRequest
 from gigarouter.metrics import Metrics
 from gigarouter.pooling.encoding import finish, to_base64
 from gigarouter.providers.base import EmbedCall
 from gigarouter.router.preferences import parse_preferences
 from gigarouter.router.route import Plan, Route, Routed
+from gigarouter.router.router import Router
 
 router = APIRouter()
 log = logging.getLogger(__name__)
 
 #: Responses with more floats than this are serialised off the event loop.
 _INLINE_FLOATS = 64 * 1024
+#: Bodies larger than this are validated off the event loop.
+_INLINE_PARSE_BYTES = 1024 * 1024
 #: How often a waiting request checks whether its client is still there.
 _DISCONNECT_POLL_SECONDS = 0.25
 
@@ -36,9 +48,14 @@ _DISCONNECT_POLL_SECONDS = 0.25
 async def create_embeddings(request: Request, body: JsonBody, settings: SettingsDep, models: RouterDep,
                             gate: GateDep, metrics: MetricsDep) -> Response:
     started = time.perf_counter()
-    deadline = time.monotonic() + settings.request_timeout_s
+    timeout_s = request_timeout_s(request.headers, settings.request_timeout_s)
+    deadline = time.monotonic() + timeout_s
+    _refuse_if_saturated(request, body, models, timeout_s)      # the cheapest refusal, before any lookup
     principal = await gate.authenticate(request.headers.get("authorization"), scope="embed")
-    req = parse_embedding_request(body, max_inputs=settings.max_inputs)     # before any slot is claimed
+    # Before any slot is claimed. A big body's million token ids are checked on a worker thread, so the
+    # event loop keeps serving meanwhile (orjson's parse itself holds the GIL: no thread would help it).
+    parse = partial(parse_embedding_request, body, max_inputs=settings.max_inputs)
+    req = await run_in_threadpool(parse) if len(getattr(request, "_body", b"")) > _INLINE_PARSE_BYTES else parse()
     key = request.headers.get("idempotency-key")
     async with gate.idempotency(principal, key, fingerprint(body) if key is not None else "") as slot:
         if slot.replay is not None:  # a retry: the first answer again, not charged again
@@ -90,6 +107,19 @@ async def create_embeddings(request: Request, body: JsonBody, settings: Settings
     if routed.cache is not None:
         headers["x-gigarouter-cache"] = routed.cache
     return Response(content, media_type="application/json", headers=headers)
+
+
+def _refuse_if_saturated(request: Request, body: object, models: Router, timeout_s: float) -> None:
+    """Under saturation a refusal must cost almost nothing: before the key's database lookup and the
+    tokenizer, ask the model's queue with an estimate from the body's size (api/shedding.py refused
+    already if every model is saturated; this is the one model named, with the request's deadline).
+    Eight bytes a token is on the low side for JSON text and token ids alike, so this refuses only
+    what the exact check, after tokenizing, would refuse too."""
+    name = body.get("model") if isinstance(body, dict) else None
+    size = len(getattr(request, "_body", b"") or b"")
+    refusal = models.admission_error(name, size // BODY_BYTES_PER_TOKEN, max_wait_s=timeout_s)
+    if refusal is not None:
+        raise refusal
 
 
 async def _until_disconnect(request: Request, work) -> Routed | None:

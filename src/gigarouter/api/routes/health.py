@@ -13,13 +13,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gigarouter.api.deps import MetricsDep, RouterDep, private_unless_public
 from gigarouter.api.errors import error_response
+from gigarouter.errors import retry_after_header
 
 router = APIRouter()
 
 
+#: What /ready's 503 tells a balancer to wait before asking again.
+_READY_RETRY_S = 5.0
+
+
 @router.get("/health")
 async def health() -> dict:
-    """The process is alive (says nothing about models)."""
+    """The process is alive (says nothing about models). ``async`` with no dependency: it never waits
+    for the thread pool, a lock or model work, so it stays fast under any load."""
     return {"status": "ok"}
 
 
@@ -28,7 +34,8 @@ async def ready(request: Request, models: RouterDep) -> Response:
     """200 once every local model is loaded and warmed up, its device answers, and every route was probed.
 
     Answers at once even while a long batch runs: device health is read from the engine's
-    heartbeat, never by waiting for the device.
+    heartbeat and the scheduler's watchdog (a batch far past its predicted time), never by
+    waiting for the device. Every 503 carries Retry-After.
     With ``keep_serving_on_load_failure`` a model that failed to load is reported in the body
     and does not hold readiness back.
 
@@ -42,6 +49,8 @@ async def ready(request: Request, models: RouterDep) -> Response:
             state = f"failed: {dep.error}"
         elif dep is not None and dep.state != "ready":
             state = dep.state
+        elif dep is not None and dep.hung is not None:
+            state = f"device hung: {dep.hung}"
         elif dep is not None and (reason := _device_trouble(dep.engine)) is not None:
             state = f"device not answering: {reason}" if reason else "device not answering"
         elif not route.probed:
@@ -55,7 +64,8 @@ async def ready(request: Request, models: RouterDep) -> Response:
         providers = {r.name: {b.name: b.state for b in r.bindings} for r in models.routes}
         return JSONResponse({"status": "ready", "models": states, "providers": providers})
     waiting = "; ".join(f"{name} is {state}" for name, state in states.items() if state != "ready")
-    return error_response(503, f"not ready: {waiting}", type="server_error", code="not_ready")
+    return error_response(503, f"not ready: {waiting}", type="server_error", code="not_ready",
+                          headers={"Retry-After": retry_after_header(_READY_RETRY_S)})
 
 
 def _device_trouble(engine) -> str | None:

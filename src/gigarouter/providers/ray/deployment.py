@@ -165,7 +165,8 @@ def app_builder(args: dict[str, Any]):
     ``import_path: gigarouter.providers.ray.deployment:app_builder`` with ``args``:
     ``model`` (the ``[[models]]`` keys, as in the TOML) and optionally ``settings``
     (server keys the replicas read: ``cache_dir``, ``offline``, ``batch_token_budget``,
-    ``max_queued_tokens``, ``interactive_latency_ms``, ``cpu_parallel_batches``). Name the
+    ``max_queued_tokens``, ``interactive_latency_ms``, ``cpu_parallel_batches``, ``max_queue_wait_ms``,
+    ``watchdog_floor_s``). Name the
     application ``gigarouter-<model name>``: a gateway with that model and a ``ray_address``
     attaches to it instead of deploying its own.
     """
@@ -188,7 +189,7 @@ def app_builder(args: dict[str, Any]):
 
 #: Server settings a replica reads (loading and scheduling); the rest stay with the gateway.
 REPLICA_SETTINGS = ("cache_dir", "offline", "batch_token_budget", "max_queued_tokens", "interactive_max_tokens",
-                    "interactive_latency_ms", "cpu_parallel_batches")
+                    "interactive_latency_ms", "cpu_parallel_batches", "max_queue_wait_ms", "watchdog_floor_s")
 
 
 def deployment_options(config: ModelConfig, settings: Settings) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def error_from(message: dict[str, Any]) -> errors.GigarouterError:
     if not (isinstance(cls, type) and issubclass(cls, errors.GigarouterError)):
         cls = errors.ProviderUnavailable
     kwargs: dict[str, Any] = {"param": message.get("param"), "code": message.get("code")}
-    if issubclass(cls, (errors.RateLimited, errors.Overloaded)):
+    if issubclass(cls, errors.RetryLater):
         kwargs["retry_after"] = float(message.get("retry_after") or 1.0)
     return cls(str(message.get("message")), **kwargs)
 
