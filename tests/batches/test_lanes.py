@@ -13,9 +13,9 @@ def test_batch_lines_ride_the_background_lane(fake_client_factory, monkeypatch):
     lanes: list[tuple[bool, bool]] = []
     submit = Scheduler.submit
 
-    async def recording(self, items, *, interactive, background=False):
+    async def recording(self, items, *, interactive, background=False, **rest):
         lanes.append((interactive, background))
-        return await submit(self, items, interactive=interactive, background=background)
+        return await submit(self, items, interactive=interactive, background=background, **rest)
 
     client = fake_client_factory(batch_concurrency=4)
     monkeypatch.setattr(Scheduler, "submit", recording)

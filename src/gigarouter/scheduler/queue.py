@@ -178,6 +178,7 @@ class Scheduler:
         """An interactive request arrived within ``interactive_window_s`` (batch jobs hold back then)."""
         return time.monotonic() - self._last_interactive_at < self.interactive_window_s
 
+    @property
     def hung(self) -> str | None:
         """Why the watchdog thinks the device hangs, or None."""
         return self._hung
