@@ -133,7 +133,7 @@ def test_the_key_is_what_the_model_sees(fake_client_factory):
 
 
 def test_billed_tokens_add_the_cached_inputs_to_what_the_provider_computed():
-    from gigarouter.api.routes.embeddings import _billed_tokens
+    from gigarouter.api.pipeline import _billed_tokens
     from gigarouter.metrics import Metrics
     from gigarouter.providers.base import EmbedCall, ProviderResult
     from gigarouter.recipes.base import PreparedInput

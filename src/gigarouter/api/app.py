@@ -18,7 +18,7 @@ from gigarouter.api.middleware import (
     RequestContextMiddleware,
     redact_access_log,
 )
-from gigarouter.api.routes import accounts, admin, embeddings, health, keys, models, usage
+from gigarouter.api.routes import accounts, admin, cohere, embeddings, health, keys, models, tei, usage
 from gigarouter.metrics import Metrics
 from gigarouter.providers.local.deployment import ModelLoader
 from gigarouter.router.router import Router
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     redact_access_log()
     if settings.cors_origins:   # outermost, so a 413 or a 500 reaches the page with its CORS headers too
         app.add_middleware(ApiCorsMiddleware, origins=settings.cors_origins)
-    for module in (embeddings, models, health, accounts, keys, usage, admin):
+    for module in (embeddings, tei, cohere, models, health, accounts, keys, usage, admin):
         app.include_router(module.router)
     from gigarouter import web
 
