@@ -7,14 +7,14 @@ Two corpora, both deterministic:
   Reference's help topics (``pydoc_data.topics``), cut into paragraphs of 20 words or more
   (1,138 on CPython 3.11). Queries: the first sentence, at most 12 words, of every 5th
   paragraph (each query's own paragraph stays in the corpus, as in a real index).
-- ``bench``: the benchmarks' synthetic MS MARCO-like corpus (``bench.corpus.mixed_corpus``,
-  seed 0): its 1,024 passages, searched with its 1,024 queries.
+- ``bench``: the benchmarks' synthetic MS MARCO-like corpus (``bench.corpus.mixed_corpus(2048)``,
+  seed 0): its 1,015 passages, searched with its 1,033 queries.
 
 Recall@10: of the 10 documents that float cosine search ranks first (the truth here), the
 share that the compact search also puts in its first 10, averaged over the queries. The
 query is compact too (both sides stored the same way), except in the rescoring rows.
 
-    python -m gigarouter.bench.quantization [--out results.json]
+    python -m gigarouter.bench.quantization --out docs/benchmarks/quantization.json
 """
 
 from __future__ import annotations
@@ -94,8 +94,11 @@ def evaluate(q: np.ndarray, d: np.ndarray) -> dict[str, float]:
 def run() -> dict:
     from gigarouter.embedder import Embedder
 
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor()}",
-                     "python": platform.python_version(), "model": "all-minilm-l6-v2", "k": K, "corpora": {}}
+    from gigarouter.bench.machine import git_commit, machine_info
+
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
+                     "commit": git_commit(), "python": platform.python_version(), "model": "all-minilm-l6-v2",
+                     "k": K, "corpora": {}}
     with Embedder() as embedder:
         for name, (docs, queries) in {"python-docs": python_docs(), "bench": bench_corpus()}.items():
             raw_d = embedder.encode(docs, normalize=False)
