@@ -92,9 +92,8 @@ def evaluate(q: np.ndarray, d: np.ndarray) -> dict[str, float]:
 
 
 def run() -> dict:
-    from gigarouter.embedder import Embedder
-
     from gigarouter.bench.machine import git_commit, machine_info
+    from gigarouter.embedder import Embedder
 
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_info(),
                      "commit": git_commit(), "python": platform.python_version(), "model": "all-minilm-l6-v2",

@@ -98,10 +98,11 @@ def parse_embed(body: Any, *, model: str, route: Route, max_inputs: int) -> Embe
     truncate = body.get("truncate")
     if truncate is not None and not isinstance(truncate, bool):
         raise InvalidRequest("truncate must be true or false", param="truncate")
+    direction = _direction(body.get("truncation_direction"))
     input_type, instruction = _prompt(body.get("prompt_name"), route)
     openai = {"model": model, "input": body.get("inputs"), "normalize": body.get("normalize"),
               "dimensions": body.get("dimensions"), "input_type": input_type, "instruction": instruction,
-              "truncate": _direction(body.get("truncation_direction")) if truncate else "none"}
+              "truncate": direction if truncate else "none"}
     if "inputs" not in body:
         raise InvalidRequest("you must provide inputs", param="inputs")
     try:
