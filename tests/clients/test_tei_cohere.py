@@ -58,7 +58,7 @@ def test_huggingface_hub_sees_tei_errors(base):
         long = client.feature_extraction("word " * 600, truncate=True)
         left = client.feature_extraction("word " * 600 + "end", truncate=True, truncation_direction="Left")
     assert status == 400
-    assert body["error_type"] == "Validation" and "600 tokens" in body["error"]
+    assert body["error_type"] == "Validation" and "600 tokens" in body["error"] and "truncate=true" in body["error"]
     np.testing.assert_array_equal(long, openai_vectors(base, ["word " * 600]))
     np.testing.assert_array_equal(left, openai_vectors(base, ["word " * 600 + "end"], truncate="start"))
 
@@ -95,10 +95,16 @@ def test_langchain_huggingface_endpoint_embeddings(base):
     np.testing.assert_array_equal(got, openai_vectors(base, TEXTS))
 
 
-def test_cohere_client_embed_all_types(base):
+@pytest.fixture
+def cohere_client(base):
     import cohere
 
-    client = cohere.ClientV2(api_key="unused-in-open-mode", base_url=base)
+    with httpx.Client(timeout=60) as http:      # ours, so that it is closed (the client's own never is)
+        yield cohere.ClientV2(api_key="unused-in-open-mode", base_url=base, httpx_client=http)
+
+
+def test_cohere_client_embed_all_types(base, cohere_client):
+    client = cohere_client
     r = client.embed(model=MODEL, texts=TEXTS, input_type="search_document",
                      embedding_types=["float", "int8", "uint8", "binary", "ubinary", "base64"])
     floats = openai_vectors(base, TEXTS)
@@ -113,11 +119,10 @@ def test_cohere_client_embed_all_types(base):
     assert r.texts == TEXTS
 
 
-def test_cohere_client_query_dimension_and_errors(base):
-    import cohere
+def test_cohere_client_query_dimension_and_errors(base, cohere_client):
     from cohere.errors import BadRequestError
 
-    client = cohere.ClientV2(api_key="unused-in-open-mode", base_url=base)
+    client = cohere_client
     r = client.embed(model=MODEL, texts=["a fox?"], input_type="search_query", embedding_types=["float"],
                      output_dimension=128, truncate="NONE")
     np.testing.assert_array_equal(np.array(r.embeddings.float_, dtype=np.float32),
@@ -127,4 +132,4 @@ def test_cohere_client_query_dimension_and_errors(base):
     assert "embedding_types" in err.value.body["message"]
     with pytest.raises(BadRequestError) as err:
         client.embed(model=MODEL, texts=["word " * 600], input_type="search_document", truncate="NONE")
-    assert err.value.body["message"] and err.value.status_code == 400
+    assert "truncate END or START" in err.value.body["message"] and err.value.status_code == 400

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RouterDep, SettingsDep
 from gigarouter.api.pipeline import serve_embeddings
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
-from gigarouter.errors import InvalidRequest, shown
+from gigarouter.errors import InputTooLong, InvalidRequest, shown
 from gigarouter.pooling.encoding import EMBEDDING_TYPES, finish, quantize, to_base64, to_json
 
 router = APIRouter()
@@ -49,8 +49,12 @@ async def embed(request: Request, body: JsonBody, settings: SettingsDep, models:
             "response_type": "embeddings_by_type",
         }
 
-    return await serve_embeddings(request, req, principal, body=body, render=render, settings=settings,
-                                  models=models, gate=gate, metrics=metrics)
+    try:
+        return await serve_embeddings(request, req, principal, body=body, render=render, settings=settings,
+                                      models=models, gate=gate, metrics=metrics)
+    except InputTooLong as exc:   # say how to cut it in Cohere's terms
+        raise InputTooLong(exc.message.replace("send truncate='end' or 'start'", "send truncate END or START"),
+                           param="texts") from None
 
 
 def parse_embed(body: Any, *, max_inputs: int) -> tuple[EmbeddingRequest, list[str]]:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from gigarouter.api.deps import GateDep, JsonBody, MetricsDep, RouterDep, SettingsDep
 from gigarouter.api.pipeline import serve_embeddings
 from gigarouter.api.schemas import EmbeddingRequest, parse_embedding_request
-from gigarouter.errors import InvalidRequest, ModelNotFound, shown
+from gigarouter.errors import InputTooLong, InvalidRequest, ModelNotFound, shown
 from gigarouter.pooling.encoding import finish, to_json
 from gigarouter.router.route import Route
 from gigarouter.router.router import Router
@@ -47,8 +47,12 @@ async def embed(request: Request, body: JsonBody, settings: SettingsDep, models:
     def render(vectors: np.ndarray, **_: Any) -> np.ndarray:
         return to_json(finish(vectors, dimensions=req.dimensions, normalize=req.normalize))
 
-    return await serve_embeddings(request, req, principal, body=body, render=render, settings=settings,
-                                  models=models, gate=gate, metrics=metrics)
+    try:
+        return await serve_embeddings(request, req, principal, body=body, render=render, settings=settings,
+                                      models=models, gate=gate, metrics=metrics)
+    except InputTooLong as exc:   # say how to cut it in TEI's terms
+        raise InputTooLong(exc.message.replace("send truncate='end' or 'start'", "send truncate=true"),
+                           param="inputs") from None
 
 
 @router.get("/info")
