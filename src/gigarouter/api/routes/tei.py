@@ -64,7 +64,8 @@ async def info(request: Request, settings: SettingsDep, models: RouterDep) -> di
     return {
         "model_id": route.card.hub_id if route.card is not None else route.name,
         "model_sha": None,
-        "model_dtype": "float32",
+        # the configured dtype ("auto": bfloat16 on a GPU, float32 on a CPU; docs/models.md)
+        "model_dtype": getattr(getattr(route.local, "config", None), "dtype", None) or "unknown",
         "model_type": {"embedding": {"pooling": pooling}},
         "max_concurrent_requests": 512,
         "max_input_length": max_tokens,
