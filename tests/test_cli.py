@@ -194,3 +194,25 @@ def test_a_missing_optional_package_is_a_one_line_hint(tmp_path):
         assert proc.stderr.strip().splitlines() == [
             "error: PostgreSQL (database_url = \"postgresql://...\") needs the Python package 'psycopg', "
             "which is not installed: pip install 'gigarouter[postgres]'"], proc.stderr
+
+
+def test_embed_writes_compact_types_as_the_api_does(tmp_path, real_client):
+    from gigarouter.pooling.encoding import quantize
+
+    src = tmp_path / "in.txt"
+    src.write_text("first line\nsecond line\n", encoding="utf-8")
+    r = real_client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["first line", "second line"],
+                                                 "dimensions": 64})
+    floats = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    for kind, dtype in (("int8", np.int8), ("ubinary", np.uint8)):
+        result = runner.invoke(app, ["embed", str(src), "--out", str(tmp_path / f"{kind}.npy"),
+                                     "--embedding-type", kind, "--dimensions", "64"])
+        assert result.exit_code == 0, result.output
+        got = np.load(tmp_path / f"{kind}.npy")
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, quantize(floats, kind))
+    result = runner.invoke(app, ["embed", str(src), "--out", str(tmp_path / "b.jsonl"), "--embedding-type", "binary"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(rows[0]["embedding"]) == 48 and all(isinstance(x, int) for x in rows[0]["embedding"])
+    assert runner.invoke(app, ["embed", str(src), "--embedding-type", "int4"]).exit_code != 0

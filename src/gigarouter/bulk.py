@@ -77,9 +77,10 @@ def _parse_jsonl(line: str, lineno: int, path: Path) -> Record:
 
 
 def write_outputs(path: Path, records: list[Record], vectors: np.ndarray) -> None:
-    """``.npy``: one float32 row per record; ``.jsonl`` / ``.ndjson``: ``{"id", "embedding"}`` per line."""
+    """``.npy``: one row per record (float32, or the compact type's int8/uint8); ``.jsonl`` / ``.ndjson``:
+    ``{"id", "embedding"}`` per line (floats, or integers for a compact type)."""
     if path.suffix.lower() == ".npy":
-        np.save(path, vectors.astype(np.float32))
+        np.save(path, vectors if vectors.dtype.kind in "iu" else vectors.astype(np.float32))
         return
     with path.open("w", encoding="utf-8") as f:
         for record, vector in zip(records, vectors, strict=True):

@@ -65,6 +65,10 @@ def embed(
                                                 "(default: FILE.embeddings.jsonl).")] = None,
     input_type: Annotated[str, typer.Option(help="document or query.")] = "document",
     instruction: Annotated[str | None, typer.Option(help="Query instruction (free text or a named task).")] = None,
+    embedding_type: Annotated[str, typer.Option(help="float, or a compact type: int8, uint8, binary, ubinary "
+                                                     "(docs/api.md).")] = "float",
+    dimensions: Annotated[int | None, typer.Option(help="Keep the first N components (then normalise and "
+                                                        "quantize).", min=1)] = None,
     config: ConfigOption = None,
 ) -> None:
     """Embed a file in bulk through the engine, in-process (no HTTP).
@@ -74,9 +78,12 @@ def embed(
     """
     from gigarouter.bulk import check_output, read_inputs, write_outputs
     from gigarouter.embedder import Embedder
+    from gigarouter.pooling.encoding import EMBEDDING_TYPES, quantize
 
     if input_type not in ("document", "query"):
         raise typer.BadParameter("must be 'document' or 'query'", param_hint="--input-type")
+    if embedding_type not in EMBEDDING_TYPES:
+        raise typer.BadParameter(f"must be one of {', '.join(EMBEDDING_TYPES)}", param_hint="--embedding-type")
     settings = _settings(config)
     out = out or file.with_suffix(".embeddings.jsonl")
     check_output(out)                  # before any work: a bad --out must not cost an embedding run
@@ -97,7 +104,8 @@ def embed(
                   console=console) as progress:
         task = progress.add_task("embed", total=len(records))
         vectors = embedder.encode([r.text for r in records], input_type=input_type, instruction=instruction,
-                                  progress=lambda n: progress.advance(task, n))
+                                  dimensions=dimensions, progress=lambda n: progress.advance(task, n))
+    vectors = quantize(vectors, embedding_type)     # the same bytes as /v1/embeddings' embedding_type
     write_outputs(out, records, vectors)
     _say(f"wrote {len(records)} vectors of dimension {vectors.shape[1]} to {escape(str(out))}")
 

@@ -78,7 +78,12 @@ def test_every_operation_lists_its_statuses_and_none_is_422(tmp_path):
         assert {int(s) for s in op["responses"] if not s.startswith("2")} == set(openapi.STATUSES[method, path])
     body = spec["components"]["schemas"]["EmbeddingsRequest"]
     assert set(body["properties"]) == {"model", "input", "encoding_format", "dimensions", "user", "input_type",
-                                       "instruction", "truncate", "normalize", "provider"}
+                                       "instruction", "truncate", "normalize", "provider", "embedding_type"}
+    for path in ("/", "/embed", "/tokenize", "/v2/embed"):    # TEI's and Cohere's bodies and error shapes
+        operation = operations["post", path]
+        assert operation["requestBody"]["required"]
+        shape = operation["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+        assert shape.endswith("CohereError" if path == "/v2/embed" else "TeiError")
     assert "/v1/embeddings" in spec["paths"] and operations["post", "/v1/embeddings"]["requestBody"]["required"]
     assert list(operations["get", "/metrics"]["responses"]["200"]["content"]) == ["text/plain"]
     for name in ("Grant", "NewKey", "SignUp"):              # the accounts routes' real bodies

@@ -132,8 +132,8 @@ def test_the_key_is_what_the_model_sees(fake_client_factory):
     assert post(client, input=long + "more").headers["x-gigarouter-cache"] == "hit"     # cut to the same tokens
 
 
-def test_billed_tokens_add_the_cached_inputs_to_what_the_provider_computed():
-    from gigarouter.api.routes.embeddings import _billed_tokens
+def testbilled_tokens_add_the_cached_inputs_to_what_the_provider_computed():
+    from gigarouter.api.pipeline import billed_tokens
     from gigarouter.metrics import Metrics
     from gigarouter.providers.base import EmbedCall, ProviderResult
     from gigarouter.recipes.base import PreparedInput
@@ -153,18 +153,18 @@ def test_billed_tokens_add_the_cached_inputs_to_what_the_provider_computed():
     call = EmbedCall(texts=["aaaa", "b"], token_ids=None, tokens=133, exact_tokens=False)
     sent = EmbedCall(texts=["b"], token_ids=None, tokens=65, exact_tokens=False)
     metrics = Metrics()
-    assert _billed_tokens(call, routed(5, cached=10, cache="partial", sent=sent), "m", metrics) == 15
-    assert _billed_tokens(call, routed(500, cached=10, cache="partial", sent=sent), "m", metrics) == 75
-    assert _billed_tokens(call, routed(None, cached=10, cache="partial", sent=sent), "m", metrics) == 13
-    assert _billed_tokens(call, routed(None, cached=12, cache="hit", sent=None), "m", metrics) == 12
-    assert _billed_tokens(call, routed(9, cached=0, cache=None, sent=None), "m", metrics) == 9     # no cache
+    assert billed_tokens(call, routed(5, cached=10, cache="partial", sent=sent), "m", metrics) == 15
+    assert billed_tokens(call, routed(500, cached=10, cache="partial", sent=sent), "m", metrics) == 75
+    assert billed_tokens(call, routed(None, cached=10, cache="partial", sent=sent), "m", metrics) == 13
+    assert billed_tokens(call, routed(None, cached=12, cache="hit", sent=None), "m", metrics) == 12
+    assert billed_tokens(call, routed(9, cached=0, cache=None, sent=None), "m", metrics) == 9     # no cache
     # With the tokenizer: our count of the whole request; the upstream's report is checked against
     # the part it computed only.
     items = [PreparedInput([1, 2, 3], 0), PreparedInput([4, 5], 0)]
     exact = EmbedCall(texts=["x", "y"], token_ids=None, items=items, tokens=5)
     part = EmbedCall(texts=["y"], token_ids=None, items=items[1:], tokens=2)
-    assert _billed_tokens(exact, routed(2, cached=3, cache="partial", sent=part), "m", metrics) == 5
+    assert billed_tokens(exact, routed(2, cached=3, cache="partial", sent=part), "m", metrics) == 5
     sample = metrics.registry.get_sample_value
     assert sample("gigarouter_usage_disagreements_total", {"model": "m", "provider": "east"}) == 1   # the None
-    assert _billed_tokens(exact, routed(5, cached=3, cache="partial", sent=part), "m", metrics) == 5
+    assert billed_tokens(exact, routed(5, cached=3, cache="partial", sent=part), "m", metrics) == 5
     assert sample("gigarouter_usage_disagreements_total", {"model": "m", "provider": "east"}) == 2

@@ -18,7 +18,7 @@ from gigarouter.api.middleware import (
     RequestContextMiddleware,
     redact_access_log,
 )
-from gigarouter.api.routes import accounts, admin, batches, embeddings, files, health, keys, models, usage
+from gigarouter.api.routes import accounts, admin, batches, cohere, embeddings, files, health, keys, models, tei, usage
 from gigarouter.api.shedding import SheddingMiddleware
 from gigarouter.batches.jobs import BatchJobs
 from gigarouter.metrics import Metrics
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     redact_access_log()
     if settings.cors_origins:   # outermost, so a 413 or a 500 reaches the page with its CORS headers too
         app.add_middleware(ApiCorsMiddleware, origins=settings.cors_origins)
-    for module in (embeddings, models, health, accounts, keys, usage, admin, files, batches):
+    for module in (embeddings, tei, cohere, models, health, accounts, keys, usage, admin, files, batches):
         app.include_router(module.router)
     from gigarouter import web
 

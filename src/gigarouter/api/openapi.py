@@ -22,7 +22,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from gigarouter.api.errors import COHERE_PATHS, TEI_PATHS
 from gigarouter.api.schemas import ENCODING_FORMATS, INPUT_TYPES, MAX_INT, TRUNCATE_MODES
+from gigarouter.pooling.encoding import EMBEDDING_TYPES
 from gigarouter.router.preferences import SORTS
 from gigarouter.settings import Settings
 
@@ -35,6 +37,16 @@ ERROR_SCHEMA: dict[str, Any] = {
         "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
     }},
+}
+
+#: TEI's error body (its routes: api/routes/tei.py) and Cohere's (api/routes/cohere.py).
+TEI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error", "error_type"],
+    "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
+}
+COHERE_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["message"],
+    "properties": {"id": {"type": ["string", "null"]}, "message": {"type": "string"}},
 }
 
 WHY = {
@@ -69,6 +81,11 @@ TIMEOUT_PARAMETERS = [
 #: Every operation in the schema and the error statuses it can answer (besides its success status).
 STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/embeddings"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
+    ("post", "/embed"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
+    ("post", "/"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
+    ("get", "/info"): (404,),
+    ("post", "/tokenize"): (400, 401, 403, 404, 413, 429),
+    ("post", "/v2/embed"): (400, 401, 402, 403, 404, 409, 413, 429, 503),
     ("get", "/v1/models"): (),
     ("get", "/v1/models/{model_id}"): (404,),
     ("get", "/v1/catalog"): (),
@@ -95,7 +112,8 @@ STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
 #: The batch endpoints (docs/batches.md).
 BATCH_OPERATIONS = {op for op in STATUSES if op[1].startswith(("/v1/files", "/v1/batches"))}
 #: Operations that need an API key when accounts are on (the others are public).
-KEYED = {("post", "/v1/embeddings"), ("get", "/v1/keys"), ("post", "/v1/keys"), ("delete", "/v1/keys/{key_id}"),
+KEYED = {("post", "/v1/embeddings"), ("post", "/embed"), ("post", "/"), ("post", "/tokenize"), ("post", "/v2/embed"),
+         ("get", "/v1/keys"), ("post", "/v1/keys"), ("delete", "/v1/keys/{key_id}"),
          ("get", "/v1/usage"), ("post", "/v1/admin/credits"), ("get", "/v1/admin/accounts"), *BATCH_OPERATIONS}
 
 
@@ -149,6 +167,59 @@ def embeddings_request(max_inputs: int) -> dict[str, Any]:
             "truncate": _nullable({"enum": list(TRUNCATE_MODES), "default": "end"}),
             "normalize": _nullable({"type": "boolean", "default": True}),
             "provider": _nullable(provider),
+            "embedding_type": _nullable({"enum": list(EMBEDDING_TYPES), "default": "float",
+                                         "description": "compact vectors: integers (float) or their raw bytes "
+                                                        "(base64); int8/uint8 need normalize=true"}),
+        },
+    }
+
+
+def tei_embed_request(max_inputs: int) -> dict[str, Any]:
+    many = {"minItems": 1, "maxItems": max_inputs}
+    token = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
+    return {
+        "type": "object", "title": "TeiEmbedRequest", "additionalProperties": False, "required": ["inputs"],
+        "properties": {
+            "inputs": {"anyOf": [{"type": "string", "minLength": 1},
+                                 {"type": "array", **many, "items": {"type": "string", "minLength": 1}},
+                                 {"type": "array", **many, "items": token},
+                                 {"type": "array", **many, "items": {"type": "array", "minItems": 1, "items": token}}]},
+            "normalize": _nullable({"type": "boolean", "default": True}),
+            "truncate": _nullable({"type": "boolean", "default": False}),
+            "truncation_direction": _nullable({"enum": ["Right", "Left", "right", "left"], "default": "Right"}),
+            "prompt_name": _nullable({"type": "string", "description": "query, document, or a task the model's card "
+                                                                       "names (GET /info: prompts)"}),
+            "dimensions": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_INT}),
+        },
+    }
+
+
+def tei_tokenize_request(max_inputs: int) -> dict[str, Any]:
+    return {
+        "type": "object", "title": "TeiTokenizeRequest", "additionalProperties": False, "required": ["inputs"],
+        "properties": {
+            "inputs": {"anyOf": [{"type": "string", "minLength": 1},
+                                 {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                                  "items": {"type": "string", "minLength": 1}}]},
+            "add_special_tokens": _nullable({"type": "boolean", "default": True}),
+            "prompt_name": _nullable({"type": "string"}),
+        },
+    }
+
+
+def cohere_embed_request(max_inputs: int) -> dict[str, Any]:
+    return {
+        "type": "object", "title": "CohereEmbedRequest", "additionalProperties": False,
+        "required": ["model", "texts", "input_type"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "texts": {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                      "items": {"type": "string", "minLength": 1}},
+            "input_type": {"enum": ["search_query", "search_document", "classification", "clustering"]},
+            "embedding_types": _nullable({"type": "array", "minItems": 1,
+                                          "items": {"enum": [*EMBEDDING_TYPES, "base64"]}}),
+            "truncate": _nullable({"enum": ["END", "START", "NONE"], "default": "END"}),
+            "output_dimension": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_INT}),
         },
     }
 
@@ -163,7 +234,7 @@ EMBEDDINGS_RESPONSE: dict[str, Any] = {
             "type": "object", "required": ["object", "index", "embedding"],
             "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
                            "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
-                                                   {"type": "string", "description": "base64 float32"}]}}}},
+                                                   {"type": "string", "description": "base64 of the raw bytes"}]}}}},
         "model": {"type": "string"},
         "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
                   "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}},
@@ -182,7 +253,11 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     schemas["EmbeddingsResponse"] = EMBEDDINGS_RESPONSE
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
                                                 "description": "an API key, gr-<prefix>-<secret>"}}
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    schemas["TeiError"] = TEI_ERROR_SCHEMA
+    schemas["CohereError"] = COHERE_ERROR_SCHEMA
+    schemas["TeiEmbedRequest"] = tei_embed_request(settings.max_inputs)
+    schemas["TeiTokenizeRequest"] = tei_tokenize_request(settings.max_inputs)
+    schemas["CohereEmbedRequest"] = cohere_embed_request(settings.max_inputs)
     seen = set()
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
@@ -192,6 +267,9 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
             seen.add((method, path))
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
+            shape = ("TeiError" if path in TEI_PATHS or (method, path) == ("post", "/")
+                     else "CohereError" if path in COHERE_PATHS else "Error")
+            error = {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}
             for status in statuses:
                 responses[str(status)] = {"description": WHY[status], "content": error}
                 if status in (429, 503):
@@ -212,6 +290,18 @@ def rewrite(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     schema["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"] = {
         "description": "The file as uploaded or written (JSONL).",
         "content": {"application/jsonl": {"schema": {"type": "string"}}}}
+    tei_answer = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+    for path, body, answer in (
+            ("/", "TeiEmbedRequest", tei_answer),
+            ("/embed", "TeiEmbedRequest", tei_answer),
+            ("/tokenize", "TeiTokenizeRequest", {"type": "array", "items": {"type": "array", "items": {
+                "type": "object", "required": ["id", "text", "special"]}}}),
+            ("/v2/embed", "CohereEmbedRequest", {"type": "object", "required": ["id", "embeddings", "meta"]})):
+        operation = schema["paths"][path]["post"]
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        operation["responses"]["200"] = {"description": "One answer per input, in order.",
+                                         "content": {"application/json": {"schema": answer}}}
     return schema
 
 

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gigarouter.errors import InvalidRequest, shown
+from gigarouter.pooling.encoding import CALIBRATED_TYPES, EMBEDDING_TYPES
 from gigarouter.router.preferences import parse_preferences
 
 ENCODING_FORMATS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
-TRUNCATE_MODES = ("end", "start", "none")
-KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user",
-                "input_type", "instruction", "truncate", "normalize", "provider", "cache"}
+#: "chunk": embed an over-long input as overlapping windows and pool them (recipes/chunking.py)
+TRUNCATE_MODES = ("end", "start", "none", "chunk")
+KNOWN_FIELDS = {"input", "model", "encoding_format", "dimensions", "user", "input_type", "instruction",
+                "truncate", "normalize", "provider", "cache", "embedding_type"}
 #: Token ids and ``dimensions`` are 32-bit: no vocabulary or width comes near, and numpy, torch and
 #: every upstream take them as int32/int64 without overflow.
 MAX_INT = 2**31 - 1
@@ -37,6 +39,7 @@ class EmbeddingRequest:
     normalize: bool = True
     provider: Any = None               # OpenRouter's provider preferences, checked by router.preferences
     cache: bool = True                 # false: neither read nor write the embedding cache (docs/cache.md)
+    embedding_type: str = "float"      # float | int8 | uint8 | binary | ubinary (pooling/encoding.py)
 
     @property
     def count(self) -> int:
@@ -58,6 +61,11 @@ def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
     # Checked here, before anything hashes or stores the body; the router parses it again with
     # the model name's :floor/:nitro suffix.
     parse_preferences(body.get("provider"))
+    normalize = _bool(body, "normalize", True)
+    embedding_type = _choice(body, "embedding_type", EMBEDDING_TYPES, "float")
+    if embedding_type in CALIBRATED_TYPES and not normalize:
+        raise InvalidRequest(f"embedding_type={embedding_type!r} is scaled for unit vectors: it needs "
+                             "normalize=true", param="embedding_type")
     return EmbeddingRequest(
         model=_string(body, "model", required=True),
         texts=texts,
@@ -68,9 +76,10 @@ def parse_embedding_request(body: Any, *, max_inputs: int) -> EmbeddingRequest:
         input_type=_choice(body, "input_type", INPUT_TYPES, "document"),
         instruction=_string(body, "instruction"),
         truncate=_choice(body, "truncate", TRUNCATE_MODES, "end"),
-        normalize=_bool(body, "normalize", True),
+        normalize=normalize,
         provider=body.get("provider"),
         cache=_bool(body, "cache", True),
+        embedding_type=embedding_type,
     )
 
 

@@ -36,7 +36,8 @@ from gigarouter.accounts.metering import metered
 from gigarouter.api.deps import parse_json
 
 # One pipeline: a batch line is answered by the very code that answers POST /v1/embeddings.
-from gigarouter.api.routes.embeddings import _billed_tokens, _check_dimensions, _dumps, _payload, _reserve_price
+from gigarouter.api.pipeline import answer_bytes, billed_tokens, check_dimensions, prepare_call, reserve_price
+from gigarouter.api.routes.embeddings import openai_payload
 from gigarouter.api.schemas import parse_embedding_request
 from gigarouter.errors import GigarouterError, InvalidRequest
 from gigarouter.metrics import Metrics
@@ -171,22 +172,21 @@ class LineRunner:
                 return slot.replay.status, slot.replay.body, tokens, cost
             route, suffix_sort = self.router.route(req.model)
             plan = route.plan(parse_preferences(req.provider, suffix_sort=suffix_sort))
-            _check_dimensions(req.dimensions, route.dim)
+            check_dimensions(req.dimensions, route.dim)
             # interactive_max_tokens=-1: no batch line ever rides the interactive lane.
-            prepare = partial(route.prepare, texts=req.texts, token_ids=req.token_ids, input_type=req.input_type,
-                              instruction=req.instruction, truncate=req.truncate, interactive_max_tokens=-1)
-            call = await run_in_threadpool(prepare) if route.recipe is not None else prepare()
+            call, windows = await prepare_call(route, req, interactive_max_tokens=-1)
             call = dataclasses.replace(call, background=True)   # a local model's background lane
             async with metered(self.gate, principal, model=route.name, tokens=call.tokens,
-                               price_per_million_usd=discounted(_reserve_price(plan, route, req), discount),
+                               price_per_million_usd=discounted(reserve_price(plan, route, req), discount),
                                request_id=request_id, idempotency=slot) as meter:
                 routed = await route.embed(plan, call, deadline=deadline, metrics=self.metrics,
                                            account=principal.account_id, use_cache=req.cache)
-                _check_dimensions(req.dimensions, routed.result.vectors.shape[1])
-                tokens = _billed_tokens(call, routed, route.name, self.metrics)
+                check_dimensions(req.dimensions, routed.result.vectors.shape[1])
+                tokens = billed_tokens(call, routed, route.name, self.metrics)
                 cached = min(routed.cached_tokens, tokens)
-                payload = _payload(req, route.name, routed.result.vectors, tokens, cached)
-                content = await run_in_threadpool(_dumps, payload)
+                content = await run_in_threadpool(partial(answer_bytes, partial(openai_payload, req),
+                                                          routed.result.vectors, windows, model=route.name,
+                                                          tokens=tokens, cached_tokens=cached))
                 cost = await meter.settle(
                     status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
                     price_per_million_usd=discounted(routed.binding.price_per_million_usd, discount), tokens=tokens,

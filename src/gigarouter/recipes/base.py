@@ -59,6 +59,10 @@ class Recipe(Protocol):
     def prepare_token_ids(self, sequences: Sequence[Sequence[int]], *, input_type: InputType,
                           instruction: str | None, truncate: Truncate) -> list[PreparedInput]: ...
 
+    def window_room(self, *, input_type: InputType, instruction: str | None) -> int:
+        """How many content tokens one sequence holds beside what the recipe adds (``truncate: "chunk"``)."""
+        ...
+
 
 def load_tokenizer(checkpoint_dir: Path) -> Tokenizer:
     path = checkpoint_dir / "tokenizer.json"

@@ -85,14 +85,22 @@ class E5Recipe:
     def prepare_token_ids(self, sequences: Sequence[Sequence[int]], *, input_type: InputType = "document",
                           instruction: str | None = None, truncate: Truncate = "end") -> list[PreparedInput]:
         check_token_ids(sequences, self.vocab_size)
-        resolved = self.instructions.resolve(input_type, instruction)
-        # "...\nQuery:" without the trailing space: the text's first token carries it (▁word).
-        head = self.tokenizer.encode(self.query_prefix(resolved).rstrip(" "), add_special_tokens=False).ids \
-            if resolved else []
+        head = self._head(input_type, instruction)
         room = self.max_tokens - 2 - len(head)
         if room < 1:
             raise InvalidRequest("the instruction leaves no room for the input", param="instruction")
         return [self._wrap(head + fit(list(s), room, truncate, index=i)) for i, s in enumerate(sequences)]
+
+    def window_room(self, *, input_type: InputType = "document", instruction: str | None = None) -> int:
+        """Content tokens one sequence holds beside <s>, the instruction and </s> (``truncate: "chunk"``)."""
+        return self.max_tokens - 2 - len(self._head(input_type, instruction))
+
+    def _head(self, input_type: InputType, instruction: str | None) -> list[int]:
+        """The instruction's tokens before a token-id input's content."""
+        resolved = self.instructions.resolve(input_type, instruction)
+        # "...\nQuery:" without the trailing space: the text's first token carries it (▁word).
+        return self.tokenizer.encode(self.query_prefix(resolved).rstrip(" "), add_special_tokens=False).ids \
+            if resolved else []
 
     def _wrap(self, content: list[int]) -> PreparedInput:
         ids = [self.bos_id, *content, self.eos_id]

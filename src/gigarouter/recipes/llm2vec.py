@@ -176,6 +176,12 @@ class Llm2VecRecipe:
             out.append(PreparedInput(token_ids=ids, pool_start=_pool_start(len(ids), len(body) + len(tail))))
         return out
 
+    def window_room(self, *, input_type: InputType = "document", instruction: str | None = None) -> int:
+        """Content tokens one sequence holds (``truncate: "chunk"``): the document limit (400), or less
+        where BOS, the instruction and the [INST] template leave less of the 512."""
+        head, tail = self._template_ids(self.instructions.resolve(input_type, instruction))
+        return min(self.doc_max_tokens, self.max_tokens - len(self.specials) - len(head) - len(tail))
+
     def _template_ids(self, instruction: str | None) -> tuple[list[int], list[int]]:
         """Tokens before and after the text, as they fall in the whole string's tokenization."""
         instr = instruction.strip() if instruction else ""

@@ -48,6 +48,10 @@ class SbertRecipe:
         check_token_ids(sequences, self.vocab_size)
         return [self._wrap(list(s), truncate, i) for i, s in enumerate(sequences)]
 
+    def window_room(self, *, input_type: InputType = "document", instruction: str | None = None) -> int:
+        """Content tokens one sequence holds (``truncate: "chunk"`` windows): all but [CLS] and [SEP]."""
+        return self.max_tokens - 2
+
     def _wrap(self, ids: list[int], truncate: Truncate, index: int) -> PreparedInput:
         body = fit(ids, self.max_tokens - 2, truncate, index=index)
         return PreparedInput(token_ids=[self.cls_id, *body, self.sep_id], pool_start=0)

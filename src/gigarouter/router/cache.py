@@ -384,7 +384,7 @@ def computed_tokens(call: EmbedCall, upstream: int | None) -> list[int]:
 
     Without a tokenizer the billed count is the upstream's report, never above the
     route's bound, or about four bytes a token when it reports none: the rules of
-    ``api/routes/embeddings._billed_tokens``, kept in step with it.
+    ``api/pipeline.billed_tokens``, kept in step with it.
     """
     if call.items is not None:
         return [len(item.token_ids) for item in call.items]

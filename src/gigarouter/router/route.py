@@ -22,6 +22,7 @@ from gigarouter.metrics import Metrics
 from gigarouter.providers.base import EmbedCall, Provider, ProviderResult
 from gigarouter.providers.local.deployment import Deployment
 from gigarouter.recipes.base import Recipe
+from gigarouter.recipes.chunking import prepare_windows
 from gigarouter.router.health import Health
 from gigarouter.router.preferences import Preferences
 
@@ -226,6 +227,23 @@ class Route:
             items, tokens, exact = None, self._estimate(texts, token_ids, instruction), False
         return EmbedCall(texts=texts, token_ids=token_ids, items=items, tokens=tokens, exact_tokens=exact,
                          interactive=tokens <= interactive_max_tokens, **options)
+
+    def prepare_windows(self, *, texts: list[str] | None, token_ids: list[list[int]] | None,
+                        input_type: str = "document", instruction: str | None = None,
+                        interactive_max_tokens: int = 512) -> tuple[EmbedCall, list[list[int]]]:
+        """``truncate: "chunk"`` (recipes/chunking.py): a call with one input per window, and each
+        input's window weights. Blocking; it needs the model's tokenizer in this process."""
+        if self.recipe is None:
+            raise InvalidRequest(f"truncate='chunk' needs model {self.name!r}'s tokenizer, and this server has "
+                                 "no local deployment of it loaded (use 'end' or 'start')", param="truncate")
+        windowed = prepare_windows(self.recipe, texts=texts, token_ids=token_ids, input_type=input_type,
+                                   instruction=instruction)
+        tokens = sum(len(item.token_ids) for item in windowed.items)
+        # Windows travel as token-id inputs: a remote provider of the same vectors rebuilds each exactly.
+        call = EmbedCall(texts=None, token_ids=windowed.contents, items=windowed.items, tokens=tokens,
+                         exact_tokens=True, interactive=tokens <= interactive_max_tokens, input_type=input_type,
+                         instruction=instruction, truncate="none")
+        return call, windowed.weights
 
     def _estimate(self, texts: list[str] | None, token_ids: list[list[int]] | None, instruction: str | None) -> int:
         """An upper bound on what the upstream's tokenizer can count (no piece is shorter than a byte).
