@@ -7,4 +7,4 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from tests.onboarding import tiny_tasks  # noqa: E402,F401  (registers the local tasks)
+from tests.onboarding import tiny_tasks  # noqa: F401  (registers the local tasks)

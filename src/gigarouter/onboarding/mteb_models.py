@@ -52,8 +52,8 @@ class GigarouterEncoder(AbsEncoder):
         instructed = bool(self.card and (self.card.default_query_instruction or self.card.task_instructions))
         self.mteb_model_meta = ModelMeta.create_empty(overwrites={
             "name": name if "/" in name else f"gigarouter/{name}", "revision": "gigarouter",
-            "embed_dim": dim or (self.card.dimensions if self.card else None), "similarity_fn_name": ScoringFunction.COSINE,
-            "use_instructions": instructed,
+            "embed_dim": dim or (self.card.dimensions if self.card else None),
+            "similarity_fn_name": ScoringFunction.COSINE, "use_instructions": instructed,
             "modalities": ["text"], "max_tokens": self.card.max_tokens if self.card else None})
         self.inputs_seen: list[tuple[str, str | None]] = []     # (input_type, instruction) per encode call
 
