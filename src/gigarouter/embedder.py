@@ -227,6 +227,10 @@ class Embedder:
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
 
+    def get_embedding_dimension(self) -> int:
+        """sentence-transformers 6's name for ``get_sentence_embedding_dimension``."""
+        return self.dim
+
     @property
     def max_seq_length(self) -> int:
         return self.recipe.max_tokens

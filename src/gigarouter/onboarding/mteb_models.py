@@ -79,6 +79,16 @@ class GigarouterEncoder(AbsEncoder):
         return self.target.embed(texts, input_type=input_type, instruction=instruction).vectors  # type: ignore[arg-type]
 
 
+    def close(self) -> None:
+        self.target.close()
+
+    def __enter__(self) -> GigarouterEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _texts(batch: dict[str, Any]) -> Iterable[str]:
     if "text" not in batch:
         raise ValueError(f"gigarouter models embed text; this task gives {sorted(batch)}")

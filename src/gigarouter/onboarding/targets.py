@@ -113,6 +113,12 @@ class HttpTarget:
     def close(self) -> None:
         self._client.close()
 
+    def __del__(self) -> None:
+        # The one-liner `mteb.evaluate(for_server(...), tasks)` keeps no handle to close: do it when collected.
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
 
 def _vector(embedding) -> np.ndarray:
     if isinstance(embedding, str):
