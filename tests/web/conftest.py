@@ -33,6 +33,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
+#: The web user who may open the onboarding queue (settings.admin_emails); signed up by the first test needing it.
+ADMIN_EMAIL = f"admin-{os.getpid()}@example.com"
 
 
 @dataclass
@@ -56,7 +58,8 @@ def free_port() -> int:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     port = free_port()
     settings = Settings(port=port, data_dir=tmp_path_factory.mktemp("gigarouter-web"),
-                        batch_token_budget=1024, server_secret="web-tests-server-secret")
+                        batch_token_budget=1024, server_secret="web-tests-server-secret",
+                        admin_emails=(ADMIN_EMAIL,))
     # Every test signs up from 127.0.0.1: lift the per-address sign-up limit for the session.
     gate = DatabaseGate.from_settings(settings, options=GateOptions(signup_limit=Limit(requests=10_000)))
     app = create_app(settings, gate=gate)
@@ -116,6 +119,14 @@ def sign_up(client: httpx.Client, email: str | None = None, password: str = PASS
     key = re.search(r'<code id="api-key">(gr-[a-z0-9]+-[A-Za-z0-9]+)</code>', page.text)
     assert key, "the sign-up page did not show the key"
     return email, key.group(1)
+
+
+def sign_in_as_admin(client: httpx.Client) -> None:
+    """Sign the client in as the operator (signing them up the first time)."""
+    token = csrf_of(client.get("/signin").text)
+    signed = client.post("/signin", data={"email": ADMIN_EMAIL, "password": PASSWORD, "csrf_token": token})
+    if signed.status_code != 303:
+        sign_up(client, ADMIN_EMAIL)
 
 
 # -- the browser -----------------------------------------------------------------------------------
