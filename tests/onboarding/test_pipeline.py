@@ -66,6 +66,14 @@ def test_status_moves_coming_soon_benchmarking_live_and_out_of_live_with_a_reaso
     assert [r.state for r in store.runs("m")] == ["failed", "passed"]
 
 
+def test_runs_left_running_by_a_dead_process_can_be_closed(store):
+    stale = store.start("m", provider="in-process", commit=None, device=None, versions={})
+    assert store.abandon_running() == 1
+    closed = store.run(stale.id)
+    assert closed.state == "failed" and "server stopped" in closed.reason
+    assert store.statuses()["m"].status == COMING_SOON and store.abandon_running() == 0
+
+
 def test_in_process_run_passes_records_and_goes_live_then_a_failing_run_takes_it_out(embedder, store, tmp_path):
     target = InProcessTarget(embedder)
     summary = onboard("all-minilm-l6-v2", MINILM, target, store=store,
