@@ -41,6 +41,14 @@ def store(tmp_path):
     engine.dispose()
 
 
+@pytest.fixture
+def any_store(migrated_url):
+    """The store on SQLite and on Postgres (a schema of its own)."""
+    engine = make_engine(migrated_url, pool_size=2)
+    yield OnboardingStore(engine)
+    engine.dispose()
+
+
 def bad_probes(tmp_path: Path) -> Path:
     """The card's probe file with every reference vector reversed: what a wrong deployment would match."""
     data = fidelity.load_probes(fidelity.card_probes(MINILM))
@@ -51,7 +59,8 @@ def bad_probes(tmp_path: Path) -> Path:
     return path
 
 
-def test_status_moves_coming_soon_benchmarking_live_and_out_of_live_with_a_reason(store):
+def test_status_moves_coming_soon_benchmarking_live_and_out_of_live_with_a_reason(any_store):
+    store = any_store
     assert store.statuses() == {}
     first = store.start("m", provider="in-process", commit="abc1234", device="cpu", versions={"torch": "2.13.0"})
     assert store.statuses()["m"].status == BENCHMARKING and first.state == "running"
@@ -66,7 +75,8 @@ def test_status_moves_coming_soon_benchmarking_live_and_out_of_live_with_a_reaso
     assert [r.state for r in store.runs("m")] == ["failed", "passed"]
 
 
-def test_runs_left_running_by_a_dead_process_can_be_closed(store):
+def test_runs_left_running_by_a_dead_process_can_be_closed(any_store):
+    store = any_store
     stale = store.start("m", provider="in-process", commit=None, device=None, versions={})
     assert store.abandon_running() == 1
     closed = store.run(stale.id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Engine, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Engine, MetaData, String, Table, Text, and_, func, insert, select, update
 
 from gigarouter.accounts.db import transaction
 from gigarouter.accounts.tables import NAMING, UtcDateTime, utcnow
@@ -160,15 +160,19 @@ class OnboardingStore:
 
     def latest_runs(self) -> dict[str, Run]:
         """Each model's newest run (the admin queue's column)."""
-        latest: dict[str, Run] = {}
-        for run in self.runs(limit=1000):
-            latest.setdefault(run.model, run)
-        return latest
+        return self._newest()
 
     def latest_passed(self) -> dict[str, Run]:
         """Each model's newest passing run: the measured numbers its page shows."""
-        query = (select(onboarding_runs).where(onboarding_runs.c.state == PASSED)
-                 .order_by(onboarding_runs.c.started_at.desc()).limit(1000))
+        return self._newest(onboarding_runs.c.state == PASSED)
+
+    def _newest(self, *conditions) -> dict[str, Run]:
+        """One row per model (its newest run meeting ``conditions``), in one query however many runs exist."""
+        runs = onboarding_runs.c
+        newest = (select(runs.model, func.max(runs.started_at).label("at")).where(*conditions)
+                  .group_by(runs.model).subquery())
+        newest_row = and_(runs.model == newest.c.model, runs.started_at == newest.c.at)
+        query = select(onboarding_runs).join(newest, newest_row).where(*conditions).order_by(runs.id)
         latest: dict[str, Run] = {}
         with transaction(self.engine, write=False) as conn:
             for row in conn.execute(query):

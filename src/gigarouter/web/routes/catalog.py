@@ -30,13 +30,15 @@ async def my_votes(web: WebContext) -> set[str]:
     return await run_in_threadpool(store.votes_of, web.user.id)
 
 
-async def onboarding_records(web: WebContext) -> catalog.Onboarding:
+async def onboarding_records(web: WebContext, *, latest: bool = False) -> catalog.Onboarding:
+    """Statuses and last passing runs (what every catalog page needs); ``latest``: every model's newest run too."""
     store = web.services.onboarding
     if store is None:
         return catalog.NO_ONBOARDING
 
     def read() -> catalog.Onboarding:
-        return catalog.Onboarding(statuses=store.statuses(), passed=store.latest_passed(), latest=store.latest_runs())
+        return catalog.Onboarding(statuses=store.statuses(), passed=store.latest_passed(),
+                                  latest=store.latest_runs() if latest else {})
 
     return await run_in_threadpool(read)
 

@@ -51,7 +51,7 @@ async def queue(request: Request, web: WebDep) -> Response:
 
 async def render_queue(request: Request, web: WebContext, *, error: str | None = None,
                        status_code: int = 200) -> Response:
-    onboarding = await onboarding_records(web)
+    onboarding = await onboarding_records(web, latest=True)
     models = catalog.views(load_cards().values(), router_of(request), await vote_counts(web), onboarding)
     waiting = sorted((m for m in models if not m.live), key=lambda m: (-m.votes, m.card.display_name.lower()))
     live = sorted((m for m in models if m.live), key=lambda m: m.card.display_name.lower())
@@ -68,6 +68,7 @@ async def render_queue(request: Request, web: WebContext, *, error: str | None =
 @router.post("/admin/onboarding/{slug}/start")
 async def start(request: Request, slug: str, web: WebDep,
                 provider: Annotated[str, Form()] = "", api_key: Annotated[str, Form()] = "",
+                provider_model: Annotated[str, Form()] = "",
                 tasks: Annotated[str, Form()] = "", sample: Annotated[int, Form()] = DEFAULT_SAMPLE) -> Response:
     await check_csrf(request, web)
     refused = require_admin(request, web, "/admin/onboarding")
@@ -87,7 +88,8 @@ async def start(request: Request, slug: str, web: WebDep,
                                   status_code=400)
     routes = catalog.route_of(router_of(request), card)
     if provider:
-        target = HttpTarget(provider, routes[0].name if routes else card.slug, api_key=api_key.strip() or None)
+        target = HttpTarget(provider, provider_model.strip() or (routes[0].name if routes else card.slug),
+                            api_key=api_key.strip() or None)
     elif routes:
         target = RouteTarget(routes[0], asyncio.get_running_loop())
     else:
