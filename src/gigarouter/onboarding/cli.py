@@ -97,7 +97,7 @@ def onboard_command(
         target.close()
         if store is not None:
             store.engine.dispose()
-    _report(summary)
+    _report(summary, recorded=store is not None)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
     raise typer.Exit(0 if summary["passed"] else 1)
@@ -116,7 +116,7 @@ def _store(settings):
     return OnboardingStore(make_engine(url, pool_size=1))
 
 
-def _report(summary: dict[str, Any]) -> None:
+def _report(summary: dict[str, Any], *, recorded: bool) -> None:
     results = summary["results"]
     f, q, s = results.get("fidelity", {}), results.get("quality", {}), results.get("speed", {})
     if "min_cosine" in f:
@@ -130,7 +130,8 @@ def _report(summary: dict[str, Any]) -> None:
         _say(f"speed     {s['tokens_per_second']:.0f} tokens/s on {s['texts']} texts; one query p50 "
              f"{s['query_latency_ms_p50']:.1f} ms ({summary['device']})")
     if summary["passed"]:
-        _say(f"[green]passed[/]: {escape(summary['model'])} is live")
+        _say(f"[green]passed[/]: {escape(summary['model'])} is live" if recorded
+             else "[green]passed[/] (--no-record: the catalog status is unchanged)")
     else:
         _say(f"[red]failed[/]: {escape(summary['reason'] or '')}")
 
