@@ -301,8 +301,6 @@ class Settings:
     server_secret: str | None = None       # HMAC key for API-key hashes; None = generated file in data_dir
     signup_credit_micro: int = 1_000_000   # free credit on sign-up: $1.00 in micro-dollars
     signup_enabled: bool = True
-    # Web users (by sign-up email) who may open /admin/onboarding and start onboarding runs.
-    admin_emails: tuple[str, ...] = ()
     # Per-key limits for keys without their own rpm / tpm; 0 = unlimited (and no x-ratelimit-* headers).
     default_rpm: int = DEFAULT_RPM
     default_tpm: int = DEFAULT_TPM
@@ -446,7 +444,7 @@ def _settings_from_toml(raw: dict[str, Any]) -> dict[str, Any]:
     for key, value in {**server, **raw}.items():
         if key in ("data_dir", "cache_dir", "cache_path") and value is not None:
             value = Path(value).expanduser()
-        if key in ("cors_origins", "admin_emails") and isinstance(value, list):
+        if key == "cors_origins" and isinstance(value, list):
             value = tuple(value)
         values[key] = value
     return values

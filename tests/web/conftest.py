@@ -33,7 +33,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
-#: The web user who may open the onboarding queue (settings.admin_emails); signed up by the first test needing it.
+#: The operator: a web user whose account holds an admin-scoped key; signed up by the first test needing it.
 ADMIN_EMAIL = f"admin-{os.getpid()}@example.com"
 
 
@@ -58,8 +58,7 @@ def free_port() -> int:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     port = free_port()
     settings = Settings(port=port, data_dir=tmp_path_factory.mktemp("gigarouter-web"),
-                        batch_token_budget=1024, server_secret="web-tests-server-secret",
-                        admin_emails=(ADMIN_EMAIL,))
+                        batch_token_budget=1024, server_secret="web-tests-server-secret")
     # Every test signs up from 127.0.0.1: lift the per-address sign-up limit for the session.
     gate = DatabaseGate.from_settings(settings, options=GateOptions(signup_limit=Limit(requests=10_000)))
     app = create_app(settings, gate=gate)
@@ -121,12 +120,18 @@ def sign_up(client: httpx.Client, email: str | None = None, password: str = PASS
     return email, key.group(1)
 
 
-def sign_in_as_admin(client: httpx.Client) -> None:
-    """Sign the client in as the operator (signing them up the first time)."""
+def sign_in_as_admin(client: httpx.Client, live: LiveServer) -> None:
+    """Sign the client in as the operator: the first time, sign up and give the account an admin-scoped key,
+    as `gigarouter keys create ACCOUNT --scope admin` does."""
+    from gigarouter.accounts.store import KeySpec
+    from gigarouter.web.users import WebStore
+
     token = csrf_of(client.get("/signin").text)
     signed = client.post("/signin", data={"email": ADMIN_EMAIL, "password": PASSWORD, "csrf_token": token})
     if signed.status_code != 303:
         sign_up(client, ADMIN_EMAIL)
+        account = WebStore(live.gate.engine).user_by_email(ADMIN_EMAIL).account_id
+        live.gate.store.create_key(account, KeySpec(name="operator", scopes=frozenset({"admin"})))
 
 
 # -- the browser -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def sign_in(page, live: LiveServer) -> None:
     import httpx
 
     with httpx.Client(base_url=live.base_url, timeout=30) as client:
-        sign_in_as_admin(client)            # makes sure the admin exists
+        sign_in_as_admin(client, live)            # makes sure the admin exists
     page.goto("/signin?next=/admin/onboarding")
     page.get_by_label("Email").fill(ADMIN_EMAIL)
     page.get_by_label("Password").fill(PASSWORD)

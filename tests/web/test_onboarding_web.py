@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from gigarouter.accounts.store import KeySpec
 from gigarouter.api.app import create_app
 from gigarouter.onboarding.store import OnboardingStore
 from gigarouter.settings import ModelConfig, Settings
@@ -57,10 +58,17 @@ def test_statuses_and_measured_numbers_show_on_the_model_page_and_compare(client
     assert "58.7" in page.split('id="measured"', 1)[1]        # the last passing run's numbers stay
 
 
-def test_the_queue_is_for_admins_only(client: httpx.Client):
+def test_the_queue_is_for_operators_only(client: httpx.Client, live: LiveServer):
+    from gigarouter.web.users import WebStore
+
     assert client.get("/admin/onboarding").headers["location"].startswith("/signin?next=/admin/onboarding")
-    sign_up(client)
-    assert client.get("/admin/onboarding").status_code == 403
+    email, _ = sign_up(client)
+    assert client.get("/admin/onboarding").status_code == 403           # any web user: no
+    account = WebStore(live.gate.engine).user_by_email(email).account_id
+    admin_key = live.gate.store.create_key(account, KeySpec(scopes=frozenset({"admin"})))
+    assert client.get("/admin/onboarding").status_code == 200           # an admin-scoped key: yes
+    live.gate.store.revoke_key(admin_key.info.id)
+    assert client.get("/admin/onboarding").status_code == 403           # revoked: no again
 
 
 def test_the_queue_ranks_by_votes_and_refuses_bad_starts(client: httpx.Client, live: LiveServer):
@@ -69,7 +77,7 @@ def test_the_queue_ranks_by_votes_and_refuses_bad_starts(client: httpx.Client, l
     token = csrf_of(voter.get("/models/linq-embed-mistral").text)
     voter.post("/models/linq-embed-mistral/vote", data={"action": "vote", "csrf_token": token})
     voter.close()
-    sign_in_as_admin(client)
+    sign_in_as_admin(client, live)
     page = client.get("/admin/onboarding").text
     waiting = page.split('id="waiting-h"', 1)[1].split("</table>", 1)[0]
     votes = [int(v) for v in re.findall(r'data-label="Votes" class="num">(\d+)<', waiting)]

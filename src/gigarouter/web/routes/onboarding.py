@@ -1,6 +1,8 @@
 """The admin onboarding queue: GET /admin/onboarding, POST /admin/onboarding/{slug}/start, and a run's progress.
 
-Only signed-in web users whose email is in the settings' ``admin_emails`` see it (docs/web.md).
+Only operators see it: signed-in web users whose account holds an active key with the ``admin`` scope
+(``gigarouter keys create ACCOUNT --scope admin``; sign-up does not prove an email, so an email list
+would let whoever signs up first with it in). docs/web.md.
 Coming-soon models are ranked by votes, each with its last onboarding result and a form that
 starts a run in the background: against this server's own deployment of the model, or an
 OpenAI-compatible provider URL. The page polls ``/admin/onboarding/runs/{id}`` while a run goes.
@@ -9,6 +11,7 @@ OpenAI-compatible provider URL. The page polls ``/admin/onboarding/runs/{id}`` w
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -31,19 +34,24 @@ DEFAULT_SAMPLE = 512
 MAX_SAMPLE = 20_000
 
 
-def require_admin(request: Request, web: WebContext, next_url: str) -> Response | None:
+async def require_admin(web: WebContext, next_url: str) -> Response | None:
+    """None for an operator; a redirect to sign in for a visitor; 403 for anyone else."""
     accounts = signed_in(web, next_url)
     if isinstance(accounts, Response):
         return accounts
-    admins = {e.strip().lower() for e in request.app.state.settings.admin_emails}
-    if web.user.email.lower() not in admins:
-        raise WebError(403, "Admins only", "The onboarding queue is for this server's operators (admin_emails).")
+    keys = await run_in_threadpool(accounts.gate.store.list_keys, web.user.account_id)
+    now = datetime.now(UTC)
+    if not any("admin" in k.scopes and k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
+               for k in keys):
+        raise WebError(403, "Operators only", "The onboarding queue is for this server's operators: an account "
+                                              "with an active admin-scoped key (gigarouter keys create ACCOUNT "
+                                              "--scope admin).")
     return None
 
 
 @router.get("/admin/onboarding")
 async def queue(request: Request, web: WebDep) -> Response:
-    refused = require_admin(request, web, "/admin/onboarding")
+    refused = await require_admin(web, "/admin/onboarding")
     if refused is not None:
         return refused
     return await render_queue(request, web)
@@ -71,7 +79,7 @@ async def start(request: Request, slug: str, web: WebDep,
                 provider_model: Annotated[str, Form()] = "",
                 tasks: Annotated[str, Form()] = "", sample: Annotated[int, Form()] = DEFAULT_SAMPLE) -> Response:
     await check_csrf(request, web)
-    refused = require_admin(request, web, "/admin/onboarding")
+    refused = await require_admin(web, "/admin/onboarding")
     if refused is not None:
         return refused
     from gigarouter.onboarding.pipeline import Options
@@ -109,7 +117,7 @@ async def start(request: Request, slug: str, web: WebDep,
 
 @router.get("/admin/onboarding/runs/{run_id}")
 async def run_progress(request: Request, run_id: str, web: WebDep) -> Response:
-    refused = require_admin(request, web, "/admin/onboarding")
+    refused = await require_admin(web, "/admin/onboarding")
     if refused is not None:
         return refused
     try:
