@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from tests.onboarding import tiny_tasks  # noqa: F401  (registers TinySTS in this process, where the server runs)
 from tests.web.conftest import ADMIN_EMAIL, PASSWORD, LiveServer, sign_in_as_admin
+from tests.web.test_browser import shoot
 
 pytestmark = pytest.mark.browser
 
@@ -29,6 +30,7 @@ def sign_in(page, live: LiveServer) -> None:
 
 def test_start_a_run_with_the_button_watch_it_and_see_the_measured_numbers(page, live: LiveServer) -> None:
     sign_in(page, live)
+    shoot(page, "admin-onboarding")          # nothing scrolls sideways at phone width; docs/screenshots
     page.get_by_text("Start onboarding all-MiniLM-L6-v2").click()
     page.get_by_label("MTEB tasks").last.fill("TinySTS")
     page.locator("#sample-all-minilm-l6-v2").fill("16")
@@ -44,6 +46,8 @@ def test_start_a_run_with_the_button_watch_it_and_see_the_measured_numbers(page,
     cosine = re.search(r"lowest cosine to the reference implementation.*?\s(1\.0+|0\.\d{6})", text, re.S)
     assert cosine and float(cosine.group(1)) >= 0.99999, text
     expect(page.locator("#status-h")).to_have_text("live now")
+    measured.scroll_into_view_if_needed()
+    shoot(page, "model-measured")
 
 
 def test_a_run_against_a_provider_without_the_model_fails_with_its_reason(page, live: LiveServer) -> None:
