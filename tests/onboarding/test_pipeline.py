@@ -169,3 +169,10 @@ def test_fidelity_against_the_e5_goldens_recorded_by_the_card_code():
         result = fidelity.run_fidelity(InProcessTarget(e), fidelity.load_probes(golden))
     assert result["passed"] and result["min_cosine"] > 0.99999 and result["texts"] == 24
     assert np.isclose(min(c["min_cosine"] for c in result["cases"]), result["min_cosine"])
+
+
+def test_a_missing_mteb_names_the_extra_that_brings_it():
+    from gigarouter.extras import hint_for
+
+    hint = hint_for(ModuleNotFoundError("No module named 'mteb'", name="mteb"))
+    assert "pip install 'gigarouter[onboard]'" in str(hint) and "torch first" in str(hint)
