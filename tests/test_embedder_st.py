@@ -32,6 +32,8 @@ def st():
     {"normalize_embeddings": False},
     {"batch_size": 2, "show_progress_bar": False},
     {"truncate_dim": 64, "normalize_embeddings": True},
+    {"truncate_dim": 64, "normalize_embeddings": False},
+    {"truncate_dim": 64},
 ])
 def test_float_outputs_match_sentence_transformers(ours, st, kwargs):
     a, b = ours.encode(TEXTS, **kwargs), st.encode(TEXTS, **kwargs)

@@ -113,7 +113,8 @@ class Embedder:
         task named in the card's instructions (a query with that instruction); ``prompt`` is a free-text
         query instruction, which the recipe formats as its reference does (it is not pasted in front of
         the text); ``truncate_dim`` is ``dimensions``; ``normalize_embeddings`` is ``normalize`` (for
-        models whose reference normalises, false still gives unit vectors, as in sentence-transformers);
+        models whose reference normalises, false still gives the model's unit vectors, truncated after the
+        normalisation as in sentence-transformers, so ``truncate_dim`` alone gives what it gives);
         ``precision`` quantizes as ``sentence_transformers.quantization.quantize_embeddings`` does.
         """
         if precision not in PRECISIONS:
@@ -125,16 +126,27 @@ class Embedder:
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         input_type, instruction = self._prompt(input_type, instruction, prompt_name, prompt)
+        # sentence-transformers' order when its keywords lead (normalize_embeddings given, or truncate_dim
+        # without either normalize flag): the model's own normalisation (full width), then truncation, then
+        # the optional extra normalisation. gigarouter's (and the API's): truncate, then normalise (default).
+        st_normalize = normalize_embeddings if normalize_embeddings is not None else (
+            False if truncate_dim is not None else None)
+        model_normalized = (normalize is None and st_normalize is False
+                            and self.recipe.name in _REFERENCE_NORMALIZES)
         if normalize is None:
-            normalize = True if normalize_embeddings is None else (
-                normalize_embeddings or self.recipe.name in _REFERENCE_NORMALIZES)
+            normalize = True if st_normalize is None else st_normalize
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         call = self._route.prepare(texts=texts, token_ids=None, input_type=input_type,
                                    instruction=instruction, truncate=truncate)
         with _progress_bar(len(texts), show_progress_bar, progress) as report:
             raw = self._run(call.items, report, job_inputs=batch_size or _JOB_INPUTS)
-        vectors = finish(raw, dimensions=dimensions or truncate_dim, normalize=normalize)
+        width = dimensions or truncate_dim
+        if model_normalized:
+            vectors = finish(raw, dimensions=None, normalize=True)
+            vectors = np.ascontiguousarray(vectors[:, :width]) if width else vectors
+        else:
+            vectors = finish(raw, dimensions=width, normalize=normalize)
         if precision != "float32":
             vectors = quantize(vectors, precision)
         out = _convert(vectors, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
