@@ -176,3 +176,30 @@ def test_a_missing_mteb_names_the_extra_that_brings_it():
 
     hint = hint_for(ModuleNotFoundError("No module named 'mteb'", name="mteb"))
     assert "pip install 'gigarouter[onboard]'" in str(hint) and "torch first" in str(hint)
+
+
+def test_the_cards_benchmark_columns_name_their_mteb_tasks():
+    from gigarouter.onboarding.quality import card_columns
+
+    columns = card_columns(find_card("linq-embed-mistral"))
+    assert len(columns["Retrieval (15 datasets)"]) == 15 and "SciFact" in columns["Retrieval (15 datasets)"]
+    assert len(columns["Average (56 datasets)"]) == 56                      # the mteb benchmark, resolved
+    assert set(columns["Retrieval (15 datasets)"]) <= set(columns["Average (56 datasets)"])
+
+
+def test_a_column_measured_below_the_published_number_fails_quality(embedder, store):
+    """A card column over the tiny tasks: measured as their mean, compared with the published number."""
+    from dataclasses import replace
+
+    card = replace(MINILM, mteb_tasks={"Tiny (2 datasets)": ["TinyRetrieval", "TinySTS"]})
+    target = InProcessTarget(embedder)
+    close = onboard("all-minilm-l6-v2", card, target, store=store,
+                    options=Options(published={"Tiny (2 datasets)": 90.0}, **FAST))
+    quality = close["results"]["quality"]
+    assert close["passed"] and quality["tasks"] == ["TinyRetrieval", "TinySTS"]
+    assert quality["columns"]["Tiny (2 datasets)"] == pytest.approx(
+        (quality["scores"]["TinyRetrieval"] + quality["scores"]["TinySTS"]) / 2, abs=0.01)
+    far = onboard("all-minilm-l6-v2", card, target, store=store,
+                  options=Options(published={"Tiny (2 datasets)": 99.9}, max_drop=0.5, **FAST))
+    assert not far["passed"]
+    assert far["reason"].startswith("quality: MTEB below the card's numbers (Tiny (2 datasets) 99.9 published")
