@@ -156,6 +156,7 @@ def _mount_subcommands() -> None:
     from gigarouter.accounts.cli import accounts_app, credits_app, db_app, keys_app
     from gigarouter.bench_cli import app as bench_app
     from gigarouter.models_cli import app as models_app
+    from gigarouter.onboarding.cli import onboard_command
 
     app.add_typer(models_app, name="models", help="List, download and merge models.")
     app.add_typer(accounts_app, name="accounts", help="Create and list accounts.")
@@ -163,6 +164,7 @@ def _mount_subcommands() -> None:
     app.add_typer(credits_app, name="credits", help="Grant credit to accounts.")
     app.add_typer(db_app, name="db", help="Database migrations.")
     app.add_typer(bench_app, name="bench", help="Benchmarks: engine, HTTP load, comparisons with peers.")
+    app.command("onboard")(onboard_command)
 
 
 _mount_subcommands()

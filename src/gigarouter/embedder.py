@@ -5,9 +5,13 @@
     >>> emb.encode(["hello", "world"]).shape
     (2, 384)
 
-``encode`` also accepts the keyword names evaluation harnesses pass (mteb's
-``prompt_name`` / ``task_name`` are ignored unless they name a card instruction),
-and ``encode_queries`` / ``encode_corpus`` exist for retrieval harnesses.
+``encode`` also speaks sentence-transformers' dialect (``batch_size``, ``show_progress_bar``,
+``normalize_embeddings``, ``convert_to_numpy``, ``convert_to_tensor``, ``prompt_name``, ``prompt``,
+``truncate_dim``, ``precision``; ``encode_query``, ``encode_document``, ``similarity``,
+``get_sentence_embedding_dimension``), so code written for a ``SentenceTransformer`` runs on it.
+Any other keyword, a misspelt one included, raises TypeError instead of being ignored. mteb 2.x
+evaluates it through ``gigarouter.onboarding.mteb_models`` (docs/onboarding.md);
+``encode_queries`` / ``encode_corpus`` remain for older retrieval harnesses.
 
 The model is one local route, run on a private event loop in a background
 thread; ``encode`` blocks the caller until its vectors are back. Inputs are sorted
@@ -28,7 +32,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -39,8 +43,19 @@ from gigarouter.router.preferences import Preferences
 from gigarouter.router.router import Router
 from gigarouter.settings import DEFAULT_MODEL_NAME, ModelConfig, Settings, load_settings
 
+if TYPE_CHECKING:
+    import torch
+
 #: Inputs per job: small enough for steady progress reports, large enough to fill batches.
 _JOB_INPUTS = 256
+
+#: Recipes whose reference pipeline ends in an L2 normalisation (sentence-transformers' Normalize
+#: module for all-MiniLM; the e5 card code's F.normalize). sentence-transformers' ``normalize_embeddings=False``
+#: still returns unit vectors for them, so the dialect does too; llm2vec's reference does not normalise.
+_REFERENCE_NORMALIZES = frozenset({"sbert", "e5"})
+
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
 class Embedder:
@@ -83,16 +98,113 @@ class Embedder:
     def dim(self) -> int:
         return self.engine.dim
 
-    def encode(self, texts: Sequence[str] | str, *, input_type: InputType = "document",
-               instruction: str | None = None, normalize: bool = True, dimensions: int | None = None,
-               truncate: Truncate = "end", progress: Callable[[int], None] | None = None,
-               **_harness_kwargs: Any) -> np.ndarray:
-        """Embed ``texts``; returns ``[len(texts), dim]`` float32 (a single string gives ``[dim]``)."""
-        single = isinstance(texts, str)
-        call = self._route.prepare(texts=[texts] if single else list(texts), token_ids=None, input_type=input_type,
+    def encode(self, sentences: Sequence[str] | str, batch_size: int | None = None,
+               show_progress_bar: bool | None = None, normalize_embeddings: bool | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, prompt_name: str | None = None,
+               prompt: str | None = None, truncate_dim: int | None = None, precision: Precision = "float32", *,
+               input_type: InputType | None = None, instruction: str | None = None, normalize: bool | None = None,
+               dimensions: int | None = None, truncate: Truncate = "end",
+               progress: Callable[[int], None] | None = None):
+        """Embed ``sentences``: ``[len(sentences), dim]`` float32 numpy (a single string gives ``[dim]``).
+
+        gigarouter's own keywords: ``input_type`` (``document`` by default), ``instruction`` (free text or
+        a card's task name), ``normalize`` (default true), ``dimensions``, ``truncate``, ``progress``.
+        sentence-transformers' keywords map onto them: ``prompt_name`` is ``"query"``/``"document"`` or a
+        task named in the card's instructions (a query with that instruction); ``prompt`` is a free-text
+        query instruction, which the recipe formats as its reference does (it is not pasted in front of
+        the text); ``truncate_dim`` is ``dimensions``; ``normalize_embeddings`` is ``normalize`` (for
+        models whose reference normalises, false still gives the model's unit vectors, truncated after the
+        normalisation as in sentence-transformers, so ``truncate_dim`` alone gives what it gives);
+        ``precision`` quantizes as ``sentence_transformers.quantization.quantize_embeddings`` does.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if normalize is not None and normalize_embeddings is not None and normalize != normalize_embeddings:
+            raise TypeError("normalize and normalize_embeddings disagree: pass one of them")
+        if dimensions is not None and truncate_dim is not None and dimensions != truncate_dim:
+            raise TypeError("dimensions and truncate_dim disagree: pass one of them")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        input_type, instruction = self._prompt(input_type, instruction, prompt_name, prompt)
+        # sentence-transformers' order when its keywords lead (normalize_embeddings given, or truncate_dim
+        # without either normalize flag): the model's own normalisation (full width), then truncation, then
+        # the optional extra normalisation. gigarouter's (and the API's): truncate, then normalise (default).
+        st_normalize = normalize_embeddings if normalize_embeddings is not None else (
+            False if truncate_dim is not None else None)
+        model_normalized = (normalize is None and st_normalize is False
+                            and self.recipe.name in _REFERENCE_NORMALIZES)
+        if normalize is None:
+            normalize = True if st_normalize is None else st_normalize
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        call = self._route.prepare(texts=texts, token_ids=None, input_type=input_type,
                                    instruction=instruction, truncate=truncate)
-        vectors = finish(self._run(call.items, progress), dimensions=dimensions, normalize=normalize)
-        return vectors[0] if single else vectors
+        with _progress_bar(len(texts), show_progress_bar, progress) as report:
+            raw = self._run(call.items, report, job_inputs=batch_size or _JOB_INPUTS)
+        width = dimensions or truncate_dim
+        if model_normalized:
+            vectors = finish(raw, dimensions=None, normalize=True)
+            vectors = np.ascontiguousarray(vectors[:, :width]) if width else vectors
+        else:
+            vectors = finish(raw, dimensions=width, normalize=normalize)
+        if precision != "float32":
+            vectors = quantize(vectors, precision)
+        out = _convert(vectors, convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor)
+        return out[0] if single else out
+
+    def _prompt(self, input_type: InputType | None, instruction: str | None, prompt_name: str | None,
+                prompt: str | None) -> tuple[InputType, str | None]:
+        """sentence-transformers' prompt_name / prompt -> gigarouter's input_type and instruction."""
+        if prompt_name is not None and prompt is not None:
+            # sentence-transformers lets prompt win silently; two prompts are more likely a mistake.
+            raise TypeError("pass prompt_name or prompt, not both")
+        if prompt_name is not None:
+            if prompt_name in ("query", "document"):
+                named_type: InputType = prompt_name   # type: ignore[assignment]
+                if input_type not in (None, named_type):
+                    raise TypeError(f"prompt_name={prompt_name!r} contradicts input_type={input_type!r}")
+                return named_type, instruction
+            if prompt_name not in self.prompts:
+                known = ", ".join(sorted(self.prompts)) or "none"
+                raise ValueError(f"prompt name {prompt_name!r} is not one of this model's prompts ({known})")
+            return input_type or "query", prompt_name
+        if prompt is not None:
+            if instruction is not None:
+                raise TypeError("pass prompt or instruction, not both")
+            return input_type or "query", prompt
+        return input_type or "document", instruction
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Named instructions, as sentence-transformers' ``model.prompts``: ``query`` (the default query
+        instruction, where the model has one), ``document`` (none) and the card's task instructions."""
+        instructions = self.recipe_instructions
+        named = dict(instructions.named or {})
+        if instructions.default_query:
+            named.setdefault("query", instructions.default_query)
+        return named
+
+    @property
+    def recipe_instructions(self):
+        from gigarouter.recipes.base import Instructions
+
+        card = self._route.card
+        return card.instructions if card is not None else Instructions()
+
+    def encode_query(self, sentences: Sequence[str] | str, **kwargs: Any):
+        """Queries: the model's default query instruction unless ``prompt_name``/``prompt``/``instruction``."""
+        if "input_type" in kwargs:
+            raise TypeError("encode_query sets input_type itself")
+        if kwargs.get("prompt_name") in (None, "query"):
+            kwargs.pop("prompt_name", None)
+            return self.encode(sentences, input_type="query", **kwargs)
+        return self.encode(sentences, **kwargs)
+
+    def encode_document(self, sentences: Sequence[str] | str, **kwargs: Any):
+        """Documents: no instruction, as every recipe embeds them."""
+        if "input_type" in kwargs:
+            raise TypeError("encode_document sets input_type itself")
+        return self.encode(sentences, input_type="document", **kwargs)
 
     def encode_queries(self, queries: Sequence[str], **kwargs: Any) -> np.ndarray:
         return self.encode(queries, input_type="query", **kwargs)
@@ -101,10 +213,45 @@ class Embedder:
         texts = [_doc_text(d) for d in corpus]
         return self.encode(texts, input_type="document", **kwargs)
 
-    def _run(self, items: list[PreparedInput], progress: Callable[[int], None] | None) -> np.ndarray:
+    def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
+        """Cosine similarity matrix ``[len(embeddings1), len(embeddings2)]``, as sentence-transformers'
+        default ``similarity`` (a torch tensor)."""
+        import torch
+
+        a = torch.as_tensor(np.asarray(embeddings1, dtype=np.float32) if not isinstance(embeddings1, torch.Tensor)
+                            else embeddings1).float()
+        b = torch.as_tensor(np.asarray(embeddings2, dtype=np.float32) if not isinstance(embeddings2, torch.Tensor)
+                            else embeddings2).float()
+        a = a.unsqueeze(0) if a.dim() == 1 else a
+        b = b.unsqueeze(0) if b.dim() == 1 else b
+        return torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
+
+    def count_tokens(self, texts: Sequence[str], *, input_type: InputType = "document",
+                     instruction: str | None = None, truncate: Truncate = "end") -> int:
+        """Tokens the model sees for ``texts`` (special tokens and instruction included): what a server bills."""
+        return self._route.prepare(texts=list(texts), token_ids=None, input_type=input_type,
+                                   instruction=instruction, truncate=truncate).tokens
+
+    def device_description(self) -> str:
+        """The engine's device, e.g. "cpu (AMD EPYC 7B13, 2 threads)" or "cuda:0 (NVIDIA H100)"."""
+        return self.engine.device_name
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.dim
+
+    def get_embedding_dimension(self) -> int:
+        """sentence-transformers 6's name for ``get_sentence_embedding_dimension``."""
+        return self.dim
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.recipe.max_tokens
+
+    def _run(self, items: list[PreparedInput], progress: Callable[[int], None] | None, *,
+             job_inputs: int = _JOB_INPUTS) -> np.ndarray:
         """Raw vectors for prepared items, in their order, through the route like any request."""
         order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
-        jobs = list(iter_batches(order, _JOB_INPUTS))
+        jobs = list(iter_batches(order, job_inputs))
         out = np.empty((len(items), self.dim), dtype=np.float32)
 
         async def one(indices: list[int]) -> None:
@@ -136,6 +283,55 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def quantize(vectors: np.ndarray, precision: str) -> np.ndarray:
+    """sentence-transformers' ``quantize_embeddings`` without its calibration option: int8/uint8 scale
+    each dimension over this batch's min..max into 256 steps; binary/ubinary pack the sign bits (8 per byte,
+    binary offset by -128 into int8)."""
+    if precision in ("int8", "uint8"):
+        starts = vectors.min(axis=0)
+        steps = (vectors.max(axis=0) - starts) / 255
+        scaled = (vectors - starts) / steps
+        return (scaled - 128).astype(np.int8) if precision == "int8" else scaled.astype(np.uint8)
+    packed = np.packbits(vectors > 0).reshape(vectors.shape[0], -1)
+    return (packed - 128).astype(np.int8) if precision == "binary" else packed
+
+
+def _convert(vectors: np.ndarray, *, convert_to_numpy: bool, convert_to_tensor: bool):
+    """sentence-transformers' return types: one tensor, a numpy array, or a list of 1-D tensors."""
+    if convert_to_tensor or not convert_to_numpy:
+        import torch
+
+        tensor = torch.from_numpy(np.ascontiguousarray(vectors))
+        return tensor if convert_to_tensor else list(tensor)
+    return vectors
+
+
+class _progress_bar:
+    """A tqdm bar when ``show`` is true (and a caller's callback either way): one callable to report to."""
+
+    def __init__(self, total: int, show: bool | None, callback: Callable[[int], None] | None) -> None:
+        self._bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc="Batches", unit="input")
+        self._callback = callback
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        if self._bar is None:
+            return self._callback
+
+        def report(n: int) -> None:
+            self._bar.update(n)
+            if self._callback:
+                self._callback(n)
+        return report
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, router: Router) -> None:

@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("bench", "benchmark plots"),
     "sentence_transformers": ("bench", "the offline sentence-transformers comparison"),
     "httpx": ("bench", "the HTTP load generator"),
+    "mteb": ("onboard", "gigarouter onboard's MTEB step (install torch first: docs/onboarding.md)"),
 }
 
 

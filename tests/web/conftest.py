@@ -33,6 +33,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 PASSWORD = "correct horse battery staple"
+#: The operator: a web user whose account holds an admin-scoped key; signed up by the first test needing it.
+ADMIN_EMAIL = f"admin-{os.getpid()}@example.com"
 
 
 @dataclass
@@ -116,6 +118,20 @@ def sign_up(client: httpx.Client, email: str | None = None, password: str = PASS
     key = re.search(r'<code id="api-key">(gr-[a-z0-9]+-[A-Za-z0-9]+)</code>', page.text)
     assert key, "the sign-up page did not show the key"
     return email, key.group(1)
+
+
+def sign_in_as_admin(client: httpx.Client, live: LiveServer) -> None:
+    """Sign the client in as the operator: the first time, sign up and give the account an admin-scoped key,
+    as `gigarouter keys create ACCOUNT --scope admin` does."""
+    from gigarouter.accounts.store import KeySpec
+    from gigarouter.web.users import WebStore
+
+    token = csrf_of(client.get("/signin").text)
+    signed = client.post("/signin", data={"email": ADMIN_EMAIL, "password": PASSWORD, "csrf_token": token})
+    if signed.status_code != 303:
+        sign_up(client, ADMIN_EMAIL)
+        account = WebStore(live.gate.engine).user_by_email(ADMIN_EMAIL).account_id
+        live.gate.store.create_key(account, KeySpec(name="operator", scopes=frozenset({"admin"})))
 
 
 # -- the browser -----------------------------------------------------------------------------------

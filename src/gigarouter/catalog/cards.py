@@ -65,6 +65,13 @@ class ModelCard:
     status: str = ""                   # as the model page states it, e.g. "coming soon"
     status_note: str = ""              # the page's paragraph under the status
     api_providers: int | None = None   # providers serving it, as the page counted them
+    # Benchmark column -> the MTEB tasks behind it (a list of task names, or an mteb benchmark's name):
+    # what `gigarouter onboard` evaluates to put a measured number beside the published one.
+    mteb_tasks: dict[str, Any] = field(default_factory=dict)
+    # Reference probe vectors (golden format, gigarouter/catalog/probes/<file>) recorded by the model's
+    # reference implementation, and the script that recorded them: onboarding's fidelity step.
+    reference_probes: str | None = None
+    reference_script: str | None = None
 
     @property
     def instructions(self) -> Instructions:

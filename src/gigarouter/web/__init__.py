@@ -15,10 +15,10 @@ from starlette.staticfiles import StaticFiles
 def mount(app: FastAPI) -> None:
     """Attach the web pages, their error page and the static files to the API app."""
     from gigarouter.web import errors
-    from gigarouter.web.routes import auth, catalog, dashboard, try_it, votes
+    from gigarouter.web.routes import auth, catalog, dashboard, onboarding, try_it, votes
 
     errors.install(app)
-    for module in (catalog, try_it, votes, auth, dashboard):
+    for module in (catalog, try_it, votes, auth, dashboard, onboarding):
         app.include_router(module.router)
     static = resources.files("gigarouter.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

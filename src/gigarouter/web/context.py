@@ -42,6 +42,13 @@ class WebServices:
     def store(self) -> WebStore | None:
         return self.accounts.store if self.accounts else None
 
+    @property
+    def onboarding(self):
+        """Onboarding runs and model statuses (same database as the accounts); None in open mode."""
+        from gigarouter.onboarding.store import OnboardingStore
+
+        return OnboardingStore(self.accounts.gate.engine) if self.accounts else None
+
 
 def services(app: FastAPI) -> WebServices:
     built = getattr(app.state, "web_services", None)

@@ -30,6 +30,19 @@ async def my_votes(web: WebContext) -> set[str]:
     return await run_in_threadpool(store.votes_of, web.user.id)
 
 
+async def onboarding_records(web: WebContext, *, latest: bool = False) -> catalog.Onboarding:
+    """Statuses and last passing runs (what every catalog page needs); ``latest``: every model's newest run too."""
+    store = web.services.onboarding
+    if store is None:
+        return catalog.NO_ONBOARDING
+
+    def read() -> catalog.Onboarding:
+        return catalog.Onboarding(statuses=store.statuses(), passed=store.latest_passed(),
+                                  latest=store.latest_runs() if latest else {})
+
+    return await run_in_threadpool(read)
+
+
 def router_of(request: Request):
     return getattr(request.app.state, "router", None)
 
@@ -42,7 +55,8 @@ async def home() -> RedirectResponse:
 @router.get("/models")
 async def models_page(request: Request, web: WebDep, status: str | None = None, license: str | None = None,
                       task: str | None = None, sort: str | None = None) -> HTMLResponse:
-    everything = catalog.views(load_cards().values(), router_of(request), await vote_counts(web))
+    everything = catalog.views(load_cards().values(), router_of(request), await vote_counts(web),
+                               await onboarding_records(web))
     filters = catalog.Filters.parse(status=status, license=license, task=task, sort=sort)
     return render(request, "models.html", {
         "models": catalog.select(everything, filters), "total": len(everything), "filters": filters,
@@ -70,11 +84,13 @@ async def render_model(request: Request, web: WebContext, card: ModelCard, *, tr
                        status_code: int = 200) -> HTMLResponse:
     cards = load_cards()
     votes = await vote_counts(web)
-    model = catalog.view(card, router_of(request), votes)
+    onboarding = await onboarding_records(web)
+    model = catalog.view(card, router_of(request), votes, onboarding)
     base_url = str(request.base_url).rstrip("/")
     return render(request, "model.html", {
         "m": model, "card": card, "voted": card.slug in await my_votes(web),
-        "related": catalog.views(catalog.related(card, cards), router_of(request), votes),
+        "related": catalog.views(catalog.related(card, cards), router_of(request), votes, onboarding),
+        "published": catalog.benchmark_scores(card, cards.values()),
         "compare_url": "/compare?models=" + ",".join([card.slug, *(c.slug for c in catalog.related(card, cards))]),
         "curl": snippets.curl(card, model=model.served_name, base_url=base_url),
         "python": snippets.python(card, model=model.served_name, base_url=base_url),
@@ -91,7 +107,7 @@ async def compare_page(request: Request, web: WebDep,
     if not chosen:
         chosen = list(cards.values())
     votes = await vote_counts(web)
-    shown = catalog.views(chosen, router_of(request), votes)
+    shown = catalog.views(chosen, router_of(request), votes, await onboarding_records(web))
     columns = catalog.benchmark_columns(list(cards.values()))
     scores = {m.slug: catalog.benchmark_scores(m.card, cards.values()) for m in shown}
     columns = [c for c in columns if any(c in s for s in scores.values())]
@@ -100,6 +116,7 @@ async def compare_page(request: Request, web: WebDep,
         "models": shown, "unknown": unknown, "columns": columns, "scores": scores, "best": best,
         "all": sorted(cards.values(), key=lambda c: c.display_name.lower()),
         "chosen": {m.slug for m in shown},
+        "measured_columns": catalog.measured_columns(shown), "measured_value": catalog.measured_value,
     })
 
 

@@ -87,4 +87,24 @@ document.addEventListener("DOMContentLoaded", () => {
   setupCopy();
   setupTry();
   setupConfirm();
+  setupRunProgress();
 });
+
+// Onboarding queue: a running run's progress, polled once a second; the page reloads when it ends.
+function setupRunProgress() {
+  for (const run of document.querySelectorAll("[data-run-url]")) {
+    const progress = run.querySelector(".progress");
+    const poll = async () => {
+      try {
+        const answer = await fetch(run.dataset.runUrl, { headers: { Accept: "application/json" } });
+        if (answer.ok) {
+          const state = await answer.json();
+          if (state.state !== "running") { window.location.reload(); return; }
+          if (progress) progress.textContent = state.progress;
+        }
+      } catch (err) { /* the next poll tries again */ }
+      setTimeout(poll, 1000);
+    };
+    setTimeout(poll, 1000);
+  }
+}

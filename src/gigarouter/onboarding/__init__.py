@@ -1,0 +1,1 @@
+"""Onboarding: fidelity against reference vectors, MTEB quality, speed, a dated result and the model status."""
