@@ -369,13 +369,7 @@ class Scheduler:
         budget = self.token_budget if alone else max(1, self.token_budget // self.parallel_batches)
         if not use_interactive:
             budget = min(budget, self._bulk_budget(concurrent=not alone))
-        chosen = plan_batch(lengths, token_budget=budget, window=self.window)
-        picked = set(chosen)
-        slots = [window[i] for i in chosen]
-        rest = [s for i, s in enumerate(window) if i not in picked]
-        for _ in range(len(window)):
-            lane.popleft()
-        lane.extendleft(reversed(rest))
+        slots = _take(lane, window, plan_batch(lengths, token_budget=budget, window=self.window))
         self._queued_tokens -= sum(s.length for s in slots)
         self._report_queue()
         return slots, not alone
@@ -395,14 +389,8 @@ class Scheduler:
         alone = not self._in_flight
         if not alone:
             budget = max(1, min(budget, self.token_budget // self.parallel_batches))
-        chosen = plan_batch([s.length for s in window], token_budget=min(budget, self.token_budget),
-                            window=self.window)
-        picked = set(chosen)
-        slots = [window[i] for i in chosen]
-        rest = [s for i, s in enumerate(window) if i not in picked]
-        for _ in range(len(window)):
-            lane.popleft()
-        lane.extendleft(reversed(rest))
+        slots = _take(lane, window, plan_batch([s.length for s in window], token_budget=min(budget, self.token_budget),
+                                               window=self.window))
         self._background_tokens -= sum(s.length for s in slots)
         self._last_background_at = time.monotonic()
         return slots, not alone
@@ -514,3 +502,14 @@ class Scheduler:
         if self.metrics:
             self.metrics.queue_tokens.labels(self.model).set(self._queued_tokens)
             self.metrics.queue_sequences.labels(self.model).set(sum(len(lane) for lane in self._lanes.values()))
+
+
+def _take(lane: deque[_Slot], window: list[_Slot], chosen: list[int]) -> list[_Slot]:
+    """Remove the ``chosen`` slots of ``window`` (the head of ``lane``) from the lane, the rest keeping
+    their places at its head, and return them."""
+    picked = set(chosen)
+    rest = [s for i, s in enumerate(window) if i not in picked]
+    for _ in range(len(window)):
+        lane.popleft()
+    lane.extendleft(reversed(rest))
+    return [window[i] for i in chosen]
