@@ -61,7 +61,7 @@ class Deployment:
                                    latency_target_s=settings.interactive_latency_ms / 1000)
         self.scheduler.start()
         self.state = "ready"
-        log.info("model %s ready on %s", self.name, engine.device_name)
+        log.info("model %s ready on %s in %s", self.name, engine.device_name, getattr(engine, "precision", "?"))
 
     async def stop(self) -> None:
         """Refuse new work and finish what was admitted."""
