@@ -10,9 +10,11 @@ the median inputs/s. Fidelity: the first ``fidelity_texts`` vectors of each engi
 sentence-transformers on torch in float32 (min and mean cosine). The OpenVINO engines run in
 their own virtual environment (``openvino_peer.py worker``), driven line by line from here.
 
-On a CPU without native bf16 (no ``amx_bf16`` / ``avx512_bf16``) a bf16 GEMM is emulated and far
-slower than fp32; timing it says nothing about the precision, so there those rows get their
-fidelity only, unless ``time_emulated_bf16``.
+On a CPU without native bf16 (no ``amx_bf16`` / ``avx512_bf16``) torch's bf16 GEMM is an
+emulation at ~0.5 GFLOP/s (AMD EPYC Zen 3: 200x slower than fp32); timing it says nothing
+about the precision and embedding 1,500 texts with it takes most of an hour, so there the
+bf16 rows are left out (their fidelity: ``experiments/cpu/mixed_precision_fidelity.py``) and the
+bf16 peak is sampled on a small GEMM only, unless ``time_emulated_bf16``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class Engine:
     name: str
     encode: Callable[[], float]              # seconds for all texts
     vectors: Callable[[int], np.ndarray]     # the first n vectors, normalised
-    timed: bool = True
     flops: float | None = None               # useful FLOPs of one pass over all texts (ours)
     precision: str = ""
 
@@ -146,36 +147,37 @@ def run_cpu_precision(*, texts: int = 1500, rounds: int = 3, fidelity_texts: int
     engines: list[Engine] = []
     workers: list[OpenVinoWorker] = []
     try:
-        for dtype in ("float32", "bfloat16-mixed", "bfloat16"):
+        with_bf16 = native_bf16 or time_emulated_bf16
+        for dtype in ("float32", "bfloat16-mixed", "bfloat16") if with_bf16 else ("float32",):
             label = f"gigarouter Embedder, {dtype}" + (" (default here)" if dtype == default.name else "")
-            engine = _ours(dtype, corpus, label=label)
-            engine.timed = dtype == "float32" or native_bf16 or time_emulated_bf16
-            engines.append(engine)
+            engines.append(_ours(dtype, corpus, label=label))
         engines.append(_st_torch(model_dir, corpus))
         if openvino_python is not None:
             for precision in ("default", "f32"):
                 engine, worker = _openvino(openvino_python, model_dir, texts_file, precision, workdir)
                 engines.append(engine)
                 workers.append(worker)
-        result["matmul"] = {dtype: matmul_rate(device="cpu", dtype=dtype, sizes=(1024, 2048))
+        sizes = {"float32": (1024, 2048), "bfloat16": (1024, 2048) if native_bf16 else (256,)}
+        result["matmul"] = {dtype: matmul_rate(device="cpu", dtype=dtype, sizes=sizes[dtype])
                             for dtype in ("float32", "bfloat16")}
         result["load_average_start"] = _loadavg()
-        seconds: dict[str, list[float]] = {e.name: [] for e in engines if e.timed}
-        timed = [e for e in engines if e.timed]
+        seconds: dict[str, list[float]] = {e.name: [] for e in engines}
+        timed = engines
         for r in range(rounds):
             for e in timed if r % 2 == 0 else timed[::-1]:
                 seconds[e.name].append(e.encode())
                 log(f"  round {r} {e.name:<80} {len(corpus) / seconds[e.name][-1]:8.1f} inputs/s")
         result["load_average_end"] = _loadavg()
-        result["matmul_end"] = {dtype: matmul_rate(device="cpu", dtype=dtype, sizes=(1024, 2048), repeats=2)
+        result["matmul_end"] = {dtype: matmul_rate(device="cpu", dtype=dtype, sizes=sizes[dtype], repeats=2)
                                 for dtype in ("float32", "bfloat16")}
-        reference = engines[3].vectors(fidelity_texts)       # sentence-transformers, torch fp32
+        reference = next(e for e in engines if e.name.startswith("sentence-transformers, torch")).vectors(
+            fidelity_texts)                                   # the reference: sentence-transformers, torch fp32
         rows = []
         for e in engines:
             cos = np.sum(e.vectors(fidelity_texts) * reference, axis=1)
             row = {"engine": e.name, "precision": e.precision, "min_cosine": float(cos.min()),
                    "mean_cosine": float(cos.mean()), "below_0.99997": int((cos < 0.99997).sum())}
-            if e.timed:
+            if e.name in seconds:
                 median = statistics.median(seconds[e.name])
                 row.update(inputs_per_s=len(corpus) / median, per_round=[len(corpus) / s for s in seconds[e.name]])
                 if e.flops is not None:
@@ -202,14 +204,15 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         ips = r.get("inputs_per_s")
         lines.append("| " + " | ".join([
-            r["engine"], f"{ips:.1f}" if ips else "not timed (emulated bf16)",
+            r["engine"], f"{ips:.1f}" if ips else "-",
             ", ".join(f"{x:.0f}" for x in r.get("per_round", [])) or "-",
             f"{ips / fp32['inputs_per_s']:.2f}x" if ips else "-",
             f"{r['min_cosine']:.7f}", f"{r['mean_cosine']:.7f}", str(r["below_0.99997"]),
             f"{r['gflops']:.1f}" if "gflops" in r else "-",
             f"{100 * r['fraction_of_matmul_peak']:.0f}% of {r['peak_dtype']}" if "gflops" in r else "-"]) + " |")
-    peaks = ", ".join(f"{d} {max(result['matmul'][d]['best_flops'], result['matmul_end'][d]['best_flops']) / 1e9:.0f}"
+    peaks = ", ".join(f"{d} {max(result[k][d]['best_flops'] for k in ('matmul', 'matmul_end')) / 1e9:.1f} "
+                      f"(n = {'/'.join(str(n) for n in result['matmul'][d]['sizes'])})"
                       for d in ("float32", "bfloat16"))
-    lines.append(f"\nBig-GEMM peaks in the same run (GFLOP/s, best of 1024^3 and 2048^3): {peaks}. "
+    lines.append(f"\nSquare-GEMM peaks in the same run (GFLOP/s, best over sizes and samples): {peaks}. "
                  f"Load average {result['load_average_start']} at start, {result['load_average_end']} at end.")
     return "\n".join(lines)
