@@ -158,6 +158,28 @@ def query_latency(
         report.write_json(out, result)
 
 
+@app.command("cpu-precision")
+def cpu_precision(
+    out: Annotated[Path | None, typer.Option(help="Write the JSON here.")] = None,
+    texts: Annotated[int, typer.Option(help="Texts of the bench corpus each engine encodes per round.")] = 1500,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds (median reported).")] = 3,
+    fidelity_texts: Annotated[int, typer.Option(help="Vectors compared with sentence-transformers fp32.")] = 200,
+    openvino_python: Annotated[Path | None, typer.Option(help="Python of the OpenVINO peer's venv.")] = None,
+    time_emulated_bf16: Annotated[bool, typer.Option(help="Time bf16 rows even where the CPU emulates bf16.")] = False,
+) -> None:
+    """Issue 18's table: our precisions vs sentence-transformers on torch and OpenVINO, offline, plus matmul peaks."""
+    from gigarouter.bench import report
+    from gigarouter.bench.cpu_precision import markdown, run_cpu_precision
+
+    result = run_cpu_precision(texts=texts, rounds=rounds, fidelity_texts=fidelity_texts,
+                               openvino_python=openvino_python, time_emulated_bf16=time_emulated_bf16, log=_log)
+    result["command"] = _command()
+    print(markdown(result))
+    print(f"\nMachine: {report.machine_line(result['machine'])}")
+    if out:
+        report.write_json(out, result)
+
+
 @app.command()
 def compare(
     out_dir: Annotated[Path, typer.Option(help="Where JSON and PNG files go.")] = Path("docs/benchmarks"),
@@ -172,6 +194,8 @@ def compare(
     variant: Annotated[list[str] | None, typer.Option(help="Also serve gigarouter as NAME=CONFIG.toml "
                                                                "(repeatable), e.g. budget2048=cfg.toml.")] = None,
     stem: Annotated[str, typer.Option(help="File name stem for outputs.")] = "compare",
+    openvino_python: Annotated[Path | None, typer.Option(help="Also serve the OpenVINO peer (bench/openvino_peer.py) "
+                                                                "with this Python (its own venv).")] = None,
 ) -> None:
     """gigarouter vs infinity-emb (served) vs sentence-transformers (offline), one run, interleaved."""
     from gigarouter.bench import report, servers
@@ -189,7 +213,7 @@ def compare(
                                      param_hint="--variant")
         variants.append((f"gigarouter-{name}", Path(path)))
     opts = CompareOptions(out_dir=out_dir, infinity_bin=inf, duration=min(duration, 20.0), rounds=rounds,
-                          variants=tuple(variants),
+                          variants=tuple(variants), openvino_python=openvino_python,
                           offline_size=offline_size, extra_thread_variant=thread_variant, stem=stem,
                           latency_idle=min(latency_seconds, 20.0), latency_loaded=min(latency_seconds, 20.0))
     result = run_compare(opts, command=_command(), log=_log)

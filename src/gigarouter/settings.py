@@ -21,7 +21,9 @@ RECIPES = ("sbert", "llm2vec", "e5")
 #: llm2vec's input templates: "inst" wraps inputs as "[INST] ... [/INST]" (Mistral-7B-Instruct-v0.2,
 #: Llama-2-chat bases), "none" leaves them bare (docs/models.md, "the template").
 TEMPLATES = ("inst", "none")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``bfloat16-mixed``: the matmuls in bf16, the rest in float32 (engine/precision.py). ``auto`` chooses
+#: per device: bfloat16 on a GPU; on a CPU bfloat16-mixed where it multiplies bf16 natively, else float32.
+DTYPES = ("auto", "float32", "bfloat16", "float16", "bfloat16-mixed")
 #: Where the per-input embedding cache keeps its entries (docs/cache.md); "off" turns it off.
 CACHE_STORES = ("memory", "redis", "file", "off")
 CACHE_SCOPES = ("account", "global")
@@ -86,7 +88,7 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     adapters: tuple[str, ...] = ()    # PEFT LoRA adapters (Hub ids or dirs), merged in order
     revision: str | None = None       # pins the Hub revision of `weights`
-    dtype: str = "auto"               # auto = bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"               # auto: bfloat16 on GPU; CPU: bfloat16-mixed with AMX/AVX512-BF16, else float32
     device: str = "auto"              # auto = cuda if available, else cpu
     card: str | None = None           # catalog card slug; default: looked up by name/Hub id
     max_tokens: int | None = None     # override the recipe's context limit

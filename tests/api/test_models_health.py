@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,9 +11,10 @@ from fastapi.testclient import TestClient
 
 from gigarouter.api.app import create_app
 from gigarouter.engine.heartbeat import Heartbeat
+from gigarouter.engine.precision import choose_precision, cpu_flags
 from gigarouter.engine.runner import TorchEngine
 from gigarouter.pooling.pooling import PoolingMode
-from gigarouter.settings import Settings
+from gigarouter.settings import Settings, default_model
 from tests.conftest import FakeEngine, fake_loader, wait_ready
 
 
@@ -22,9 +25,25 @@ def test_models_list_has_catalog_fields(real_client):
     assert entry["object"] == "model" and isinstance(entry["created"], int) and entry["owned_by"]
     assert entry["dimensions"] == 384 and entry["max_tokens"] == 256
     assert entry["recipe"] == "sbert" and entry["license"] == "apache-2.0" and entry["status"] == "live"
+    # The precision auto chose for this machine's CPU (float32, or bfloat16-mixed with AMX / AVX-512-BF16).
+    assert entry["precision"] == choose_precision("auto", device_type="cpu", flags=cpu_flags()).name
     one = real_client.get("/v1/models/sentence-transformers/all-MiniLM-L6-v2")
     assert one.status_code == 200 and one.json()["id"] == "all-minilm-l6-v2"
     assert real_client.get("/v1/models/nope").status_code == 404
+
+
+def test_dtype_in_the_config_sets_the_precision_models_and_the_log_show(tmp_path, caplog):
+    mixed = dataclasses.replace(default_model(), dtype="bfloat16-mixed")
+    with caplog.at_level(logging.INFO, logger="gigarouter"):
+        with TestClient(create_app(Settings(data_dir=tmp_path, cache="off", models=(mixed,)))) as client:
+            wait_ready(client, timeout=120)
+            entry = client.get("/v1/models/all-minilm-l6-v2").json()
+            vectors = client.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["hello"]})
+    assert entry["precision"] == "bfloat16-mixed"
+    assert vectors.status_code == 200 and len(vectors.json()["data"][0]["embedding"]) == 384
+    said = [r.getMessage() for r in caplog.records]
+    assert any("runs in bfloat16-mixed on cpu (set by dtype in the model's config)" in m for m in said), said
+    assert any("ready on cpu in bfloat16-mixed" in m for m in said), said
 
 
 def test_ready_is_503_until_loaded_and_health_is_200_throughout(tmp_path):

@@ -61,6 +61,8 @@ class CompareOptions:
     infinity_port: int = 17997
     extra_thread_variant: int | None = None    # also serve gigarouter with this many torch threads
     variants: tuple[tuple[str, Path], ...] = ()  # also serve gigarouter as NAME with this --config file
+    openvino_python: Path | None = None     # also serve the OpenVINO peer (bench/openvino_peer.py) with this Python
+    openvino_port: int = 17998
     seed: int = 0
     stem: str = "compare"
 
@@ -90,6 +92,8 @@ def run_compare(opts: CompareOptions, *, command: str = "", log=print) -> dict:
     specs = [srv.gigarouter_spec(opts.gigarouter_port)]
     if opts.infinity_bin:
         specs.append(srv.infinity_spec(opts.infinity_port, infinity_bin=opts.infinity_bin, model_dir=model_dir))
+    if opts.openvino_python:
+        specs.append(srv.openvino_spec(opts.openvino_port, python=opts.openvino_python, model_dir=model_dir))
     if opts.extra_thread_variant:
         n = opts.extra_thread_variant
         specs.append(srv.gigarouter_spec(opts.gigarouter_port + 1, name=f"gigarouter-{n}thread",

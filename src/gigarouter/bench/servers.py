@@ -78,6 +78,17 @@ def infinity_spec(port: int, *, infinity_bin: Path, model_dir: Path, batch_size:
                       embeddings_path="/embeddings", env={**base_env, **(env or {})})
 
 
+def openvino_spec(port: int, *, python: Path, model_dir: Path, precision: str = "default") -> ServerSpec:
+    """The OpenVINO peer (``openvino_peer.py serve``: sentence-transformers' OpenVINO backend behind
+    FastAPI), run by the Python of its own venv; ``-P`` keeps this folder off its import path."""
+    script = Path(__file__).with_name("openvino_peer.py")
+    argv = (str(python), "-P", str(script), "serve", "--model-dir", str(model_dir), "--precision", precision,
+            "--port", str(port), "--served-model-name", SERVED_NAME)
+    name = "openvino" if precision == "default" else f"openvino-{precision}"
+    return ServerSpec(name=name, argv=argv, port=port, ready_path="/health", embeddings_path="/v1/embeddings",
+                      env={"HF_HUB_OFFLINE": "1"})
+
+
 def start(spec: ServerSpec, *, log_dir: Path, timeout: float = 240.0, own_session: bool = True) -> RunningServer:
     return wait_ready(launch(spec, log_dir=log_dir, own_session=own_session), timeout=timeout)
 

@@ -59,6 +59,8 @@ class Engine(Protocol):
     token_budget: int
     #: human-readable device, e.g. "cpu" or "cuda:0 (NVIDIA H100)"
     device_name: str
+    #: what the model computes in: float32, bfloat16, float16 or bfloat16-mixed (engine/precision.py)
+    precision: str
     #: how many batches may run at once, each on its share of the device (CPU: one per core)
     parallel_batches: int
 

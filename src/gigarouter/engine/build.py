@@ -17,6 +17,7 @@ from gigarouter.engine.loading import load_weights, read_config
 from gigarouter.engine.lora import merge_loras
 from gigarouter.engine.models.bert import BertConfig, BertModel
 from gigarouter.engine.models.mistral import MistralConfig, MistralModel
+from gigarouter.engine.precision import use_bf16_matmuls
 from gigarouter.engine.sources import ResolvedCheckpoint
 from gigarouter.errors import ModelLoadError
 from gigarouter.pooling.modes import PoolingMode
@@ -59,12 +60,18 @@ def pooling_for(recipe_name: str, checkpoint_dir: Path) -> PoolingMode:
 
 
 def build_model(resolved: ResolvedCheckpoint, *, recipe_name: str, dtype: torch.dtype,
-                device: torch.device) -> tuple[nn.Module, PoolingMode]:
-    """Load the base weights onto ``device`` in ``dtype``, fold in the adapters in order, freeze."""
+                device: torch.device, bf16_matmuls: bool = False) -> tuple[nn.Module, PoolingMode]:
+    """Load the base weights onto ``device`` in ``dtype``, fold in the adapters in order, freeze.
+
+    ``bf16_matmuls`` (the ``bfloat16-mixed`` precision, float32 ``dtype``): after the merge, every
+    Linear multiplies in bf16 and the rest stays float32 (``engine/precision.py``).
+    """
     model = model_for(read_config(resolved.base_dir), recipe_name)
     load_weights(model, resolved.base_dir, dtype=dtype, device=device, checkpoint_key=model.checkpoint_key)
     if resolved.adapter_dirs:
         merge_loras(model, list(resolved.adapter_dirs), checkpoint_key=model.checkpoint_key)
+    if bf16_matmuls:
+        use_bf16_matmuls(model)
     model.eval().requires_grad_(False)
     return model, pooling_for(recipe_name, resolved.base_dir)
 

@@ -50,6 +50,10 @@ GPU_MAX_BATCH_SECONDS = 0.25
 KNEE_FRACTION = 0.9
 GPU_CALIBRATION_BUDGETS = (2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 
+# The cosine a sequence packed with others must keep to itself run alone, by precision: float32
+# packs to rounding; bf16 matmuls round GEMM outputs whose blocking may depend on the batch.
+MIXED_LENGTHS_FLOOR = {"float32": 0.99999, "bfloat16-mixed": 0.9999}
+
 # torch's intra-op thread count for this process, read once at import (on the main thread):
 # torch.set_num_threads in one device thread also becomes the default that threads started
 # later inherit, so reading it later, e.g. while loading a second model, could see 1.
@@ -142,8 +146,10 @@ class TorchEngine:
                  token_budget: int, max_seq_len: int, parallel_batches: int = 1,
                  attention: str | AttentionChoice = "auto", calibrate_budget: bool = False,
                  max_batch_s: float = GPU_MAX_BATCH_SECONDS, heartbeat: Heartbeat | None = None,
-                 on_budget: Callable[[int], None] | None = None) -> None:
+                 on_budget: Callable[[int], None] | None = None, precision: str | None = None) -> None:
         self.model = model
+        #: what the model computes in (engine/precision.py); by default its parameters' dtype
+        self.precision = precision or str(next(model.parameters(), torch.empty(0)).dtype).removeprefix("torch.")
         self.pooling = pooling
         self.dim = dim
         self.device = device
@@ -261,7 +267,7 @@ class TorchEngine:
         alone = np.concatenate([self.embed(pack([s])) for s in short])
         cosine = (together * alone).sum(1) / np.maximum(
             np.linalg.norm(together, axis=1) * np.linalg.norm(alone, axis=1), 1e-30)
-        floor = 0.99999 if next(self.model.parameters(), torch.empty(0)).dtype == torch.float32 else 0.999
+        floor = MIXED_LENGTHS_FLOOR.get(self.precision, 0.999)
         if not np.all(cosine >= floor):
             raise ModelLoadError(
                 f"attention path {self.attention.path!r} on {self.device_name}: a packed batch of lengths "

@@ -87,10 +87,17 @@ def route_entry(route: Route) -> dict:
         "dimensions": route.dim,
         "max_tokens": route.max_tokens,
         "fingerprint": route.fingerprint,
+        # What the local engine computes in (float32, bfloat16, bfloat16-mixed...); null before it loads.
+        "precision": _precision(route),
         **_template(route),
         "providers": [provider_entry(b) for b in route.bindings],
     })
     return base
+
+
+def _precision(route: Route) -> str | None:
+    engine = route.local.engine if route.local is not None else None
+    return getattr(engine, "precision", None)
 
 
 def _template(route: Route) -> dict:

@@ -69,7 +69,7 @@ class Deployment:
                         "traffic", self.name, exc)
         self.scheduler.start()
         self.state = "ready"
-        log.info("model %s ready on %s", self.name, engine.device_name)
+        log.info("model %s ready on %s in %s", self.name, engine.device_name, getattr(engine, "precision", "?"))
 
     @property
     def hung(self) -> str | None:

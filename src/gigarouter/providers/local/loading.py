@@ -24,6 +24,7 @@ import torch
 from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.memory import plan_for
+from gigarouter.engine.precision import choose_precision, cpu_flags
 from gigarouter.engine.runner import (
     TorchEngine,
     activation_bytes_per_token,
@@ -31,7 +32,6 @@ from gigarouter.engine.runner import (
     default_parallel_batches,
     default_token_budget,
     resolve_device,
-    resolve_dtype,
 )
 from gigarouter.engine.sources import ResolvedCheckpoint, identity_names, read_merge_record, resolve_checkpoint
 from gigarouter.recipes.base import Instructions, Recipe, build_recipe
@@ -48,15 +48,19 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
                           card_instructions=card.instructions if card else Instructions(),
                           max_tokens=config.max_tokens, base_name=resolved.base_name, template=template)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device)
+    precision = choose_precision(config.dtype, device_type=device.type, flags=cpu_flags())
+    log.info("model %s runs in %s on %s (%s)", config.name, precision.name, device, precision.reason)
+    dtype = precision.weights_dtype
+    model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device,
+                                  bf16_matmuls=precision.mixed)
     explicit = config.token_budget or settings.batch_token_budget
     budget, settle = (explicit, None) if explicit else _auto_budget(model, device, dtype, recipe, settings)
     engine = TorchEngine(model, pooling=recipe.pooling, dim=hidden_size(model), device=device,
                          token_budget=budget, max_seq_len=recipe.max_tokens,
                          parallel_batches=settings.cpu_parallel_batches or default_parallel_batches(device),
                          attention=os.environ.get("GIGAROUTER_ATTENTION", "auto"),
-                         calibrate_budget=device.type == "cuda" and not explicit, on_budget=settle)
+                         calibrate_budget=device.type == "cuda" and not explicit, on_budget=settle,
+                         precision=precision.name)
     return recipe, engine
 
 
