@@ -363,6 +363,12 @@ def flood(
     port: Annotated[int, typer.Option(help="Port of the server it starts.")] = 18500,
     max_queue_wait_ms: Annotated[float | None, typer.Option(help="Start the server with this max_queue_wait_ms "
                                                                  "(default: the server's default).")] = None,
+    honour_retry_after: Annotated[bool, typer.Option(
+        "--honour-retry-after/--ignore-retry-after",
+        help="Refused clients wait the Retry-After they were given (jittered), as openai-python does; "
+             "or they send again at once.")] = True,
+    impatient: Annotated[bool, typer.Option(help="Also run the flood with clients that ignore Retry-After "
+                                                 "(reported beside the bar).")] = True,
     out: OutOption = None,
 ) -> None:
     """~1000 clients at once against the default server (wrk): refusals fast and with Retry-After, no 5xx,
@@ -385,7 +391,8 @@ def flood(
     try:
         result = run_flood(url.rstrip("/"), model=model, texts=texts, connections=connections,
                            capacity_clients=capacity_clients, capacity_s=capacity_duration, flood_s=duration,
-                           inputs_per_request=inputs_per_request, log=_log)
+                           inputs_per_request=inputs_per_request, clients_honour_retry_after=honour_retry_after,
+                           also_impatient=impatient, log=_log)
     finally:
         if server is not None:
             servers.stop(server)

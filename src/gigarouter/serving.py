@@ -36,6 +36,9 @@ def startup_state(router, *, keep_serving: bool) -> str:
     return "ready"
 
 
+KEEP_ALIVE_S = 75
+
+
 class Server(uvicorn.Server):
     """uvicorn's server with a task that reports the models' start-up, then stays out of the way."""
 
@@ -43,8 +46,12 @@ class Server(uvicorn.Server):
                  say: Callable[[str], None] = print) -> None:
         # proxy_headers=False: uvicorn would believe X-Forwarded-For from 127.0.0.1; the app believes it
         # only from the configured trusted_proxies (api/middleware.py).
+        # Keep-alive 75 s, not uvicorn's 5: longer than a load balancer's usual 60 s idle timeout (else it
+        # reuses a connection the server is closing), and than the longest Retry-After a client is told to
+        # wait under a flood (RetryPacer: 30 s, plus the client's jitter), so it comes back on its connection.
         super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                                        timeout_graceful_shutdown=30, proxy_headers=False))
+                                        timeout_graceful_shutdown=30, proxy_headers=False,
+                                        timeout_keep_alive=KEEP_ALIVE_S))
         self.app, self.settings, self.say = app, settings, say
         self.exit_code = EXIT_OK
         self._watch: asyncio.Task | None = None

@@ -179,3 +179,38 @@ def test_watchdog_fails_queued_work_while_the_device_hangs_then_recovers():
     assert all(isinstance(o, DeviceHung) for o in outcomes)                 # nobody left waiting
     assert refused.status == 503 and int(refused.headers["Retry-After"]) >= 1
     assert hung_after is None and vectors.shape == (1, 8)
+
+
+def test_retry_pacer_spreads_a_flood_over_the_time_to_serve_it_and_relaxes_after():
+    from gigarouter.scheduler.admission import RetryPacer
+
+    now = [0.0]
+    pacer = RetryPacer(clock=lambda: now[0], window_s=1.0, min_s=1.0, max_s=60.0)
+
+    def window(refused: int, admitted: int) -> float:
+        """One second of traffic; the advice once it is closed (by the next second's first admission)."""
+        for _ in range(admitted - 1):
+            pacer.admitted()
+        for _ in range(refused):
+            pacer.refused()
+        now[0] += 1.0
+        pacer.admitted()
+        return pacer.after_s
+
+    assert pacer.refused() == 1.0                    # nothing measured yet: the queue's own advice
+    # 1000 clients told "1 s" come back each second; 50 a second are admitted: 20 s would serve them.
+    first = window(refused=1000, admitted=50)
+    assert 8.0 < first < 12.0                        # halfway to the ~20 s target in one window
+    # Clients honour it: 1000 of them told T seconds come back about 1000/T a second.
+    advice = [window(refused=int(1000 / pacer.after_s), admitted=50) for _ in range(20)]
+    assert all(1.0 < a <= 60.0 for a in advice)
+    assert 15.0 < advice[-1] < 25.0                  # settles near clients / admissions a second
+    assert window(refused=0, admitted=50) == 1.0     # nobody refused: back to the queue's advice
+
+    # A window that admitted nothing (one huge batch on the device) leaves the advice alone.
+    stalled = RetryPacer(clock=lambda: now[0], window_s=1.0)
+    stalled.after_s = 7.0
+    for _ in range(10):
+        stalled.refused()
+    now[0] += 1.0
+    assert stalled.refused() == 7.0

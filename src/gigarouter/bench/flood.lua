@@ -6,6 +6,13 @@
 -- (wrk's own histogram mixes both). A request's send time travels in its X-Request-Id, which the
 -- server echoes, so a response is matched to its request whatever connection it came back on.
 -- At the end the totals go to $FLOOD_OUT as JSON.
+--
+-- With FLOOD_RETRY_AFTER=honour a refused client waits as the server asked before it sends
+-- again, as openai-python and other well-behaved clients do: Retry-After seconds, times a
+-- uniform 0.5-1.5 jitter (many clients are not in step). wrk keeps one Lua state per thread,
+-- not per connection, so the waits go through a queue: each refusal pushes its wait, and each
+-- next request of that thread takes the oldest one (the same waits, on average the same
+-- clients). With FLOOD_RETRY_AFTER=ignore (the default) every client sends again at once.
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -38,6 +45,19 @@ function init(args)
   statuses = {}        -- status -> count
   no_retry_after = 0   -- 429 and 503 answers without Retry-After
   ok_ms = {}           -- latency of each 200, milliseconds
+  honour = os.getenv("FLOOD_RETRY_AFTER") == "honour"
+  waits, wait_head, wait_tail = {}, 1, 0     -- FIFO of pending waits, milliseconds
+  math.randomseed(thread_id * 104729)
+end
+
+function delay()
+  if wait_head > wait_tail then
+    return 0
+  end
+  local ms = waits[wait_head]
+  waits[wait_head] = nil
+  wait_head = wait_head + 1
+  return ms
 end
 
 function request()
@@ -53,8 +73,12 @@ end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
   if status == 429 or status == 503 then
-    if headers["retry-after"] == nil and headers["Retry-After"] == nil then
+    local retry_after = headers["retry-after"] or headers["Retry-After"]
+    if retry_after == nil then
       no_retry_after = no_retry_after + 1
+    elseif honour then
+      wait_tail = wait_tail + 1
+      waits[wait_tail] = math.floor((tonumber(retry_after) or 1) * 1000 * (0.5 + math.random()))
     end
   elseif status == 200 then
     local id = headers["x-request-id"] or headers["X-Request-Id"]

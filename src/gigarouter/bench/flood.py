@@ -98,12 +98,14 @@ def wrk_binary() -> str:
 
 
 def run_wrk(url: str, *, bodies: Path, connections: int, duration_s: float, threads: int = 2,
-            timeout_s: float = 10.0, work_dir: Path) -> WrkRun:
+            timeout_s: float = 10.0, work_dir: Path, honour_retry_after: bool = False) -> WrkRun:
     """``timeout_s`` must be well under ``duration_s``: wrk counts a request as a timeout only once
     that long has passed, so a longer one hides requests never answered before the run ends (a
-    connection the server never accepted, for one)."""
+    connection the server never accepted, for one). ``honour_retry_after``: a refused client waits
+    as it was told (flood.lua says how) instead of sending again at once."""
     out = work_dir / f"wrk-{connections}-{time.monotonic_ns()}.json"
-    env = {**os.environ, "FLOOD_BODIES": str(bodies), "FLOOD_OUT": str(out), "FLOOD_PATH": "/v1/embeddings"}
+    env = {**os.environ, "FLOOD_BODIES": str(bodies), "FLOOD_OUT": str(out), "FLOOD_PATH": "/v1/embeddings",
+           "FLOOD_RETRY_AFTER": "honour" if honour_retry_after else "ignore"}
     argv = [wrk_binary(), f"-t{min(threads, connections)}", f"-c{connections}", f"-d{int(duration_s)}s",
             f"--timeout={int(timeout_s)}s", "-s", str(LUA_SCRIPT), url]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration_s + timeout_s + 60)
@@ -171,7 +173,8 @@ def verdict(capacity: WrkRun, flood: WrkRun, health: dict) -> dict[str, bool]:
 
 def run_flood(url: str, *, model: str, texts: list[str], connections: int = 1000, capacity_clients: int = 8,
               capacity_s: float = 20.0, flood_s: float = 30.0, warmup_s: float = 5.0, inputs_per_request: int = 1,
-              threads: int = 2, log: Callable[[str], None] = print) -> dict:
+              threads: int = 2, clients_honour_retry_after: bool = True, also_impatient: bool = True,
+              log: Callable[[str], None] = print) -> dict:
     raise_open_files_limit()
     work_dir = Path(tempfile.mkdtemp(prefix="gigarouter-flood-"))
     bodies = write_bodies(work_dir / "bodies.jsonl", texts, model=model, inputs_per_request=inputs_per_request)
@@ -180,19 +183,34 @@ def run_flood(url: str, *, model: str, texts: list[str], connections: int = 1000
     capacity = run_wrk(url, bodies=bodies, connections=capacity_clients, duration_s=capacity_s, threads=threads,
                        work_dir=work_dir)
     log(f"capacity ({capacity_clients} clients): {capacity.ok_per_s:.1f} requests/s, statuses {capacity.statuses}")
-    time.sleep(2.0)      # let the queue empty before the flood
-    prober = HealthProber(url)
-    prober.start()
-    flood = run_wrk(url, bodies=bodies, connections=connections, duration_s=flood_s, threads=threads,
-                    work_dir=work_dir)
-    health = prober.stop()
-    log(f"flood ({connections} clients): {flood.ok_per_s:.1f} ok/s, statuses {flood.statuses}, "
-        f"socket errors {flood.socket_errors}; /health p99 {health['latency_ms']['p99']} ms")
+
+    def one_flood(honour: bool) -> tuple[WrkRun, dict]:
+        time.sleep(2.0)      # let the queue empty before the flood
+        prober = HealthProber(url)
+        prober.start()
+        flood = run_wrk(url, bodies=bodies, connections=connections, duration_s=flood_s, threads=threads,
+                        work_dir=work_dir, honour_retry_after=honour)
+        health = prober.stop()
+        log(f"flood ({connections} clients, Retry-After {'honoured' if honour else 'ignored'}): "
+            f"{flood.ok_per_s:.1f} ok/s, statuses {flood.statuses}, socket errors {flood.socket_errors}; "
+            f"/health p99 {health['latency_ms']['p99']} ms")
+        return flood, health
+
+    flood, health = one_flood(clients_honour_retry_after)
     checks = verdict(capacity, flood, health)
-    return {"kind": "flood", "url": url, "model": model, "inputs_per_request": inputs_per_request,
-            "capacity": capacity.summary(), "flood": flood.summary(), "health": health,
-            "goodput_ratio": round(flood.ok_per_s / capacity.ok_per_s, 3) if capacity.ok_per_s else None,
-            "checks": checks, "passed": all(checks.values())}
+    result = {"kind": "flood", "url": url, "model": model, "inputs_per_request": inputs_per_request,
+              "clients_honour_retry_after": clients_honour_retry_after,
+              "capacity": capacity.summary(), "flood": flood.summary(), "health": health,
+              "goodput_ratio": round(flood.ok_per_s / capacity.ok_per_s, 3) if capacity.ok_per_s else None,
+              "checks": checks, "passed": all(checks.values())}
+    if also_impatient and clients_honour_retry_after:
+        # The same flood from clients that send again at once, told or not: what the refusals cost
+        # then. Reported beside the bar, not part of it (issue 12's bar is for clients as they are).
+        rude, rude_health = one_flood(False)
+        result["impatient"] = {"flood": rude.summary(), "health": rude_health,
+                               "goodput_ratio": round(rude.ok_per_s / capacity.ok_per_s, 3)
+                               if capacity.ok_per_s else None}
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -213,4 +231,11 @@ def markdown(result: dict) -> str:
                   f"/health during the flood: p50 {h['latency_ms']['p50']} ms, p99 {h['latency_ms']['p99']} ms, "
                   f"max {h['latency_ms']['max']} ms over {h['probes']} probes, failures {h['failures'] or 'none'}.",
               "", "Checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result["checks"].items())]
+    if (rude := result.get("impatient")) is not None:
+        f, rh = rude["flood"], rude["health"]
+        lines += ["", f"The same flood from clients that ignore Retry-After (not part of the bar): "
+                      f"{f['ok_per_s']:.1f} ok/s ({100 * (rude['goodput_ratio'] or 0):.0f}% of capacity), "
+                      f"statuses {dict(sorted(f['statuses'].items()))}, "
+                      f"success p99 {f['ok_latency_ms']['p99']:.0f} ms, "
+                      f"socket errors {f['socket_errors']}, /health p99 {rh['latency_ms']['p99']} ms."]
     return "\n".join(lines)

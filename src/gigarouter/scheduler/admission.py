@@ -95,6 +95,50 @@ def retry_after_s(ahead_tokens: float, tokens_per_s: float, max_wait_s: float) -
     return max(1.0, predicted_wait_s(ahead_tokens, tokens_per_s) - max_wait_s)
 
 
+class RetryPacer:
+    """Retry-After under a flood: spread the refused clients over the time the queue needs to serve them.
+
+    The queue alone would say "1 s" to every refused client (its wait falls under the limit
+    within a second), so N clients that honour it come back together every second and are
+    mostly refused again: the server spends its CPU refusing. Per window of ``window_s``,
+    the clients waiting to come back are about ``refused / window * after_s`` (each returns
+    once per ``after_s``) and the queue admits ``admitted / window`` a second, so serving
+    them all takes ``refused * after_s / admitted`` seconds: the advice moves halfway there
+    each window, between ``min_s`` and ``max_s``, and falls back to ``min_s`` once nobody is
+    refused. Clients add their own jitter (openai-python waits what it is told).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, window_s: float = 0.25,
+                 min_s: float = 1.0, max_s: float = 30.0) -> None:
+        self._clock = clock
+        self.window_s, self.min_s, self.max_s = window_s, min_s, max_s
+        self.after_s = min_s
+        self._refused = self._admitted = 0
+        self._since = clock()
+
+    def admitted(self) -> None:
+        self._tick()
+        self._admitted += 1
+
+    def refused(self) -> float:
+        """Count a refusal; the Retry-After to give it."""
+        self._tick()
+        self._refused += 1
+        return self.after_s
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if now - self._since < self.window_s:
+            return
+        if self._refused == 0:
+            self.after_s = self.min_s
+        elif self._admitted:     # a window that admitted nothing (one huge batch) says nothing
+            target = self._refused * self.after_s / self._admitted
+            self.after_s = min(self.max_s, max(self.min_s, (self.after_s + target) / 2))
+        self._refused = self._admitted = 0
+        self._since = now
+
+
 def watchdog_limit_s(predicted_s: float, *, floor_s: float, factor: float = WATCHDOG_FACTOR) -> float:
     """How long a batch may run before the device counts as hung: ``factor`` times its prediction, never
     under ``floor_s`` (the first batches, a cold cache, a busy machine)."""

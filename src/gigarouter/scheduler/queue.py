@@ -46,7 +46,7 @@ from gigarouter.engine.base import Engine, pack
 from gigarouter.errors import DeviceHung, EngineOutOfMemory, GigarouterError, NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.recipes.base import PreparedInput
-from gigarouter.scheduler.admission import DrainRate, predicted_wait_s, retry_after_s, watchdog_limit_s
+from gigarouter.scheduler.admission import DrainRate, RetryPacer, predicted_wait_s, retry_after_s, watchdog_limit_s
 from gigarouter.scheduler.batching import batch_cost, plan_batch
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ class Scheduler:
         self._in_flight: dict[asyncio.Task, _Running] = {}
         self._in_flight_tokens = 0
         self.drain = DrainRate()
+        self.pacer = RetryPacer()
         self._hung: str | None = None            # why the watchdog thinks the device hangs
         self._watchdog: asyncio.Task | None = None
         self._alone_in_flight = False       # a batch that was given the whole device is running
@@ -223,7 +224,8 @@ class Scheduler:
     def _refused(self, message: str, *, retry_after: float) -> QueueFull:
         if self.metrics:
             self.metrics.rejected.labels(self.model).inc()
-        return QueueFull(message, retry_after=retry_after)
+        # Under a flood, later than the queue alone would say: see RetryPacer.
+        return QueueFull(message, retry_after=max(retry_after, self.pacer.refused()))
 
     async def submit(self, items: list[PreparedInput], *, interactive: bool, background: bool = False,
                      max_wait_s: float | None = None) -> Job:
@@ -251,6 +253,7 @@ class Scheduler:
         refusal = self.admission_error(tokens, max_wait_s=max_wait_s)
         if refusal is not None:
             raise refusal
+        self.pacer.admitted()
         if interactive:
             self._last_interactive_at = time.monotonic()
         lane = self._lanes[interactive]
