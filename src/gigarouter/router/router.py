@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from gigarouter.catalog.cards import ModelCard, find_card, load_cards
+from gigarouter.catalog.cards import ModelCard, find_card
 from gigarouter.errors import GigarouterError, ModelNotFound, NotReady, QueueFull
 from gigarouter.metrics import Metrics
 from gigarouter.providers.base import Provider
@@ -145,11 +145,6 @@ class Router:
     def ready(self) -> bool:
         """Every local model loaded and every route probed once."""
         return all(d.state == "ready" for d in self.deployments) and all(r.probed for r in self.routes)
-
-    def catalog_only(self) -> list[ModelCard]:
-        """Cards no route serves (shown as 'coming soon')."""
-        served = {r.card.slug for r in self.routes if r.card}
-        return [c for c in load_cards().values() if c.slug not in served]
 
     # -- life cycle ----------------------------------------------------------------------------
 
