@@ -27,6 +27,7 @@ from gigarouter.accounts.db import make_engine
 from gigarouter.accounts.store import AccountStore, KeySpec
 from gigarouter.api import openapi
 from gigarouter.api.app import create_app
+from gigarouter.api.schemas import KNOWN_FIELDS
 from gigarouter.settings import Settings
 from tests.conftest import FakeEngine, fake_loader, live_server
 
@@ -77,8 +78,8 @@ def test_every_operation_lists_its_statuses_and_none_is_422(tmp_path):
         assert "422" not in op["responses"], (method, path)
         assert {int(s) for s in op["responses"] if not s.startswith("2")} == set(openapi.STATUSES[method, path])
     body = spec["components"]["schemas"]["EmbeddingsRequest"]
-    assert set(body["properties"]) == {"model", "input", "encoding_format", "dimensions", "user", "input_type",
-                                       "instruction", "truncate", "normalize", "provider", "embedding_type"}
+    # Exactly the fields the parser takes (it refuses others, and so does the schema).
+    assert set(body["properties"]) == KNOWN_FIELDS and "cache" in KNOWN_FIELDS
     for path in ("/", "/embed", "/tokenize", "/v2/embed"):    # TEI's and Cohere's bodies and error shapes
         operation = operations["post", path]
         assert operation["requestBody"]["required"]

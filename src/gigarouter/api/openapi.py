@@ -167,6 +167,8 @@ def embeddings_request(max_inputs: int) -> dict[str, Any]:
             "truncate": _nullable({"enum": list(TRUNCATE_MODES), "default": "end"}),
             "normalize": _nullable({"type": "boolean", "default": True}),
             "provider": _nullable(provider),
+            "cache": _nullable({"type": "boolean", "default": True,
+                                "description": "false: neither read nor write the embedding cache"}),
             "embedding_type": _nullable({"enum": list(EMBEDDING_TYPES), "default": "float",
                                          "description": "compact vectors: integers (float) or their raw bytes "
                                                         "(base64); int8/uint8 need normalize=true"}),
