@@ -75,6 +75,12 @@ class RayDeployment:
         return self.config.name
 
     @property
+    def hung(self) -> str | None:
+        """Never, as the gateway sees it: each replica's own watchdog fails its work with 503 (which the
+        provider sends to another replica), and Serve's health check replaces a replica that stops."""
+        return None
+
+    @property
     def app_name(self) -> str:
         return app_name(self.config.name)
 
