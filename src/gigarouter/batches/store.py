@@ -67,12 +67,7 @@ class BatchStore:
         return row
 
     def file(self, account_id: str | None, file_id: str) -> dict[str, Any]:
-        with transaction(self.engine, write=False) as conn:
-            row = conn.execute(select(batch_files).where(
-                batch_files.c.id == file_id, _owned(batch_files.c.account_id, account_id))).mappings().one_or_none()
-        if row is None:
-            raise NotFound(f"no file with id {file_id!r}", param="file_id", code="file_not_found")
-        return dict(row)
+        return self._owned_row(batch_files, file_id, account_id, what="file")
 
     def delete_file(self, account_id: str | None, file_id: str) -> dict[str, Any]:
         """Forget a file; its path is returned for the caller to remove. The input of an unfinished batch stays."""
@@ -131,11 +126,15 @@ class BatchStore:
         return self.batch(account_id, row["id"])
 
     def batch(self, account_id: str | None, batch_id: str) -> dict[str, Any]:
+        return self._owned_row(batches, batch_id, account_id, what="batch")
+
+    def _owned_row(self, table, row_id: str, account_id: str | None, *, what: str) -> dict[str, Any]:
+        """One row of ``table`` by id, if the account owns it; another account's is a 404 like a missing one."""
         with transaction(self.engine, write=False) as conn:
-            row = conn.execute(select(batches).where(
-                batches.c.id == batch_id, _owned(batches.c.account_id, account_id))).mappings().one_or_none()
+            row = conn.execute(select(table).where(
+                table.c.id == row_id, _owned(table.c.account_id, account_id))).mappings().one_or_none()
         if row is None:
-            raise NotFound(f"no batch with id {batch_id!r}", param="batch_id", code="batch_not_found")
+            raise NotFound(f"no {what} with id {row_id!r}", param=f"{what}_id", code=f"{what}_not_found")
         return dict(row)
 
     def list_batches(self, account_id: str | None, *, after: str | None, limit: int) -> tuple[list[dict], bool]:
