@@ -55,3 +55,18 @@ def test_a_file_cache_lets_a_rerun_skip_what_an_earlier_run_computed(tmp_path, m
     np.testing.assert_array_equal(b[0], a[3])
     np.testing.assert_array_equal(b[1], a[0])
     assert (tmp_path / "embedding-cache").is_dir()
+
+
+def test_a_large_encode_is_never_refused_by_the_servers_wait_limit():
+    """encode() waits for all of it: a tiny max_queue_wait_ms (a server's admission limit) and a
+    max_queued_tokens smaller than the whole input must not refuse its later jobs."""
+    from gigarouter.settings import Settings
+
+    settings = Settings(cache="off", max_queue_wait_ms=0.001, max_queued_tokens=64)
+    texts = [f"sentence number {i} about queues and deadlines" for i in range(120)]
+    with Embedder(settings=settings) as small_limits:
+        out = small_limits.encode(texts, batch_size=8)       # 15 jobs, each ~100 tokens
+    with Embedder(settings=Settings(cache="off")) as defaults:
+        want = defaults.encode(texts[:5])
+    assert out.shape == (120, 384)
+    np.testing.assert_allclose(out[:5], want, atol=2e-6)

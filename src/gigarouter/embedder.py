@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 
 #: Inputs per job: small enough for steady progress reports, large enough to fill batches.
 _JOB_INPUTS = 256
+# Jobs queued at once: enough to keep the scheduler's batches full, few enough that a million
+# texts never put more than a few jobs' tokens in the queue (max_queued_tokens would refuse them).
+_JOBS_IN_FLIGHT = 4
 
 #: Recipes whose reference pipeline ends in an L2 normalisation (sentence-transformers' Normalize
 #: module for all-MiniLM; the e5 card code's F.normalize). sentence-transformers' ``normalize_embeddings=False``
@@ -67,7 +71,12 @@ class Embedder:
 
         settings = settings or load_settings(Path(config) if config else None)
         self.config = model if isinstance(model, ModelConfig) else _find(settings, model)
-        self._router = Router(settings.with_(models=(self.config,), providers=()), loader=load_model)
+        # The caller of encode() waits for all of it: no request deadline applies here, so the
+        # private scheduler never refuses (a server's 1 s wait limit refused the second job of a
+        # 600-text encode); _run bounds the jobs in flight instead, which bounds the queue's memory.
+        settings = settings.with_(models=(self.config,), providers=(), max_queue_wait_ms=math.inf,
+                                  max_queued_tokens=sys.maxsize)
+        self._router = Router(settings, loader=load_model)
         self._route = self._router.routes[0]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="embedder-loop", daemon=True)
@@ -254,7 +263,13 @@ class Embedder:
         jobs = list(iter_batches(order, job_inputs))
         out = np.empty((len(items), self.dim), dtype=np.float32)
 
+        in_flight = asyncio.Semaphore(_JOBS_IN_FLIGHT)
+
         async def one(indices: list[int]) -> None:
+            async with in_flight:
+                await embed(indices)
+
+        async def embed(indices: list[int]) -> None:
             chosen = [items[i] for i in indices]
             call = EmbedCall(texts=None, token_ids=[c.token_ids for c in chosen], items=chosen,
                              tokens=sum(len(c.token_ids) for c in chosen), interactive=False)
