@@ -3,6 +3,7 @@ included) and its llm2vec template, also when served under a new name (issue 15,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def merge(tmp_path: Path, base: Path, name: str) -> Path:
 def query_vectors(config: ModelConfig) -> tuple[object, np.ndarray, dict]:
     """The golden queries sent as a client would: input_type=query and no instruction."""
     case = next(c for c in golden("llm2vec")["cases"] if c["name"] == "query_with_instruction")
-    recipe, engine = load_model(config, Settings(cpu_parallel_batches=1), progress=False)
+    # float32 whatever this CPU's auto precision is (see test_template_identity.embed_golden)
+    recipe, engine = load_model(dataclasses.replace(config, dtype="float32"), Settings(cpu_parallel_batches=1),
+                                progress=False)
     prepared = recipe.prepare_texts(case["texts"], input_type="query")
     return recipe, engine.embed(pack([p.token_ids for p in prepared], [p.pool_start for p in prepared])), case
 

@@ -7,6 +7,7 @@ come out all the same, through the real loader, whatever the model is called.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -43,7 +44,10 @@ def local_llm2vec(base: Path, name: str = "my-embedder", **changes) -> ModelConf
 
 def embed_golden(config: ModelConfig, cases: list[dict]):
     """(recipe, [min cosine per case]) through load_model and the engine, as the server embeds."""
-    recipe, engine = load_model(config, Settings(cpu_parallel_batches=1), progress=False)
+    # float32 whatever this CPU's auto precision is: identity is checked at fp32's sharp bar, and
+    # each precision's own parity lives in test_parity.py
+    recipe, engine = load_model(dataclasses.replace(config, dtype="float32"), Settings(cpu_parallel_batches=1),
+                                progress=False)
     worst = []
     for case in cases:
         prepared = []
