@@ -18,6 +18,8 @@ import torch
 
 from gigarouter.engine.base import pack
 from gigarouter.engine.build import build_model
+from gigarouter.engine.onednn import pack_linears
+from gigarouter.engine.precision import choose_precision, cpu_flags
 from gigarouter.engine.sources import ResolvedCheckpoint
 from gigarouter.pooling.pooling import pool
 from gigarouter.recipes.base import PreparedInput
@@ -32,6 +34,9 @@ BF16_COSINE = 0.999     # the bar when transformers itself does better in bf16
 # bf16, the rest float32. The tiny random-weight models have no trained structure to average
 # rounding out, so their bar sits below all-MiniLM-L6-v2's 0.99997 (tests/engine/test_bert_parity.py).
 MIXED_COSINE = 0.9999
+#: the bar of a model loaded with dtype "auto" on this CPU (bfloat16-mixed where it has AMX or
+#: AVX-512-BF16, e.g. AMD Zen 4; float32 elsewhere)
+AUTO_COSINE = MIXED_COSINE if choose_precision("auto", device_type="cpu", flags=cpu_flags()).mixed else FP32_COSINE
 
 LLM2VEC = ResolvedCheckpoint(base_dir=TINY / "mistral-instruct-v2",
                              adapter_dirs=(TINY / "llm2vec-mntp", TINY / "llm2vec-simcse"),
@@ -52,11 +57,13 @@ class Served:
     """A recipe plus a built model, embedding the way the engine does (packed, pooled, float32)."""
 
     def __init__(self, recipe, resolved: ResolvedCheckpoint, dtype: torch.dtype = torch.float32, *,
-                 bf16_matmuls: bool = False) -> None:
+                 bf16_matmuls: bool = False, onednn: bool = False) -> None:
         self.recipe = recipe
         self.resolved = resolved
         self.model, self.pooling = build_model(resolved, recipe_name=recipe.name, dtype=dtype,
                                                device=torch.device("cpu"), bf16_matmuls=bf16_matmuls)
+        if onednn:      # as the server runs it on a CPU (engine/onednn.py)
+            pack_linears(self.model)
 
     def prepare(self, case: dict) -> list[PreparedInput]:
         """Each text with its own instruction: a query when the reference used one, else a document."""
@@ -164,3 +171,22 @@ def test_bfloat16_mixed_matches_the_goldens(golden_name, served, request):
         one_by_one = torch.cat([mixed.embed([p]) for p in prepared])
         assert cosines(one_by_one, case["vectors_one_by_one"]).min() >= MIXED_COSINE, case["name"]
         assert torch.nn.functional.cosine_similarity(batch, one_by_one).min() >= 0.99999, case["name"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16-mixed"])
+@pytest.mark.parametrize(("golden_name", "served"), [("llm2vec", "llm2vec"), ("e5", "linq")])
+def test_the_cpu_serving_kernels_match_the_goldens(golden_name, served, precision, request):
+    """Linear layers on oneDNN (what a CPU server runs), in each precision that is a CPU default."""
+    fp32: Served = request.getfixturevalue(served)
+    mixed = precision == "bfloat16-mixed"
+    packed = Served(fp32.recipe, fp32.resolved, bf16_matmuls=mixed, onednn=True)
+    assert not any(type(m) is torch.nn.Linear for m in packed.model.modules())
+    bar = MIXED_COSINE if mixed else FP32_COSINE
+    for case in golden(golden_name)["cases"]:
+        prepared = packed.prepare(case)
+        batch = packed.embed(prepared)
+        assert cosines(batch, case["vectors"]).min() >= bar, case["name"]
+        one_by_one = torch.cat([packed.embed([p]) for p in prepared])
+        assert torch.nn.functional.cosine_similarity(batch, one_by_one).min() >= 0.99999, case["name"]
+        if not mixed:    # the same float32 arithmetic as ATen's kernels, to rounding
+            torch.testing.assert_close(batch, fp32.embed(prepared), rtol=1e-4, atol=1e-5)

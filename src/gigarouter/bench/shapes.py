@@ -63,7 +63,9 @@ class BenchModel:
 def matmul_params(model: nn.Module) -> int:
     """Parameters that take part in a matmul per token: every 2-D weight but the embedding tables
     (a lookup, no arithmetic)."""
-    return sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
+    weights = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name)
+    # a model packed for CPU serving (engine/onednn.py) keeps its linear weights outside its parameters
+    return weights + sum(getattr(m, "matmul_params", 0) for m in model.modules())
 
 
 def attention_keys(n: int, *, causal: bool, window: int | None) -> float:

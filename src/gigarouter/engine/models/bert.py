@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigarouter.engine.models.attention import GRID, AttentionLayout, attend
+from gigarouter.engine.onednn import OneDnnLinear, fused_qkv, linear_plus
+from gigarouter.engine.precision import BF16Linear
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,23 @@ class BertAttention(nn.Module):
     def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
         s = self.self
         t = x.shape[0]
-        q = s.query(x).view(t, s.heads, s.head_dim)   # [T, H, D]
-        k = s.key(x).view(t, s.heads, s.head_dim)
-        v = s.value(x).view(t, s.heads, s.head_dim)
+        if hasattr(s, "qkv"):                           # packed for CPU serving: one GEMM
+            q, k, v = s.qkv(x).view(t, 3, s.heads, s.head_dim).unbind(1)
+        else:
+            q = s.query(x).view(t, s.heads, s.head_dim)   # [T, H, D]
+            k = s.key(x).view(t, s.heads, s.head_dim)
+            v = s.value(x).view(t, s.heads, s.head_dim)
         ctx = attend(q, k, v, layout).reshape(t, -1)  # [T, hidden]
-        return self.output.LayerNorm(self.output.dense(ctx) + x)
+        return self.output.LayerNorm(linear_plus(self.output.dense, ctx, x))
 
 
 class BertIntermediate(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
 
 
 class BertOutput(nn.Module):
@@ -109,8 +117,8 @@ class BertLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
         x = self.attention(x, layout)
-        h = F.gelu(self.intermediate.dense(x))
-        return self.output.LayerNorm(self.output.dense(h) + x)
+        h = self.intermediate(x)       # GELU(up-projection); bf16 when the down-projection multiplies in bf16
+        return self.output.LayerNorm(linear_plus(self.output.dense, h, x))
 
 
 class BertEncoder(nn.Module):
@@ -148,6 +156,19 @@ class BertModel(nn.Module):
         for layer in self.encoder.layer:
             x = layer(x, layout)
         return x
+
+    def fuse_for_onednn(self) -> None:
+        """CPU serving (``engine/onednn.py``): Q, K and V as one GEMM, GELU inside the up-projection's
+        GEMM (which, under bfloat16-mixed, hands its bf16 output straight to the down-projection).
+        The residual adds fuse where ``forward`` calls ``linear_plus``. Irreversible: serving only."""
+        for layer in self.encoder.layer:
+            s = layer.attention.self
+            if all(type(m) is nn.Linear for m in (s.query, s.key, s.value)):
+                s.qkv = fused_qkv(s.query, s.key, s.value)
+                del s.query, s.key, s.value
+            up, down = layer.intermediate.dense, layer.output.dense
+            both_bf16 = isinstance(up, BF16Linear) and isinstance(down, BF16Linear)
+            layer.intermediate = OneDnnLinear.of(up, activation="gelu", bf16_output=both_bf16)
 
     @staticmethod
     def checkpoint_key(name: str) -> str | None:

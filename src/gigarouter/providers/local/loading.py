@@ -24,6 +24,7 @@ import torch
 from gigarouter.catalog.cards import ModelCard, card_for_model
 from gigarouter.engine.build import build_model, hidden_size
 from gigarouter.engine.memory import plan_for
+from gigarouter.engine.onednn import ONEDNN, pack_linears, wanted_kernels
 from gigarouter.engine.precision import choose_precision, cpu_flags
 from gigarouter.engine.runner import (
     TorchEngine,
@@ -53,6 +54,10 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
     dtype = precision.weights_dtype
     model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device,
                                   bf16_matmuls=precision.mixed)
+    if wanted_kernels(device) == ONEDNN:
+        pack_linears(model)
+        log.info("model %s: linear layers on oneDNN (weights reordered once, GELU and residual adds fused)",
+                 config.name)
     explicit = config.token_budget or settings.batch_token_budget
     budget, settle = (explicit, None) if explicit else _auto_budget(model, device, dtype, recipe, settings)
     engine = TorchEngine(model, pooling=recipe.pooling, dim=hidden_size(model), device=device,
