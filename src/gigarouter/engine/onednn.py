@@ -97,6 +97,8 @@ class OneDnnLinear(nn.Module):
         if isinstance(linear, BF16Linear):
             return cls(linear.weight, linear.bias, bf16=True, **kwargs)
         if type(linear) is nn.Linear:
+            if linear.weight.dtype != torch.float32:
+                raise TypeError(f"packs float32 models (bfloat16-mixed included), not {linear.weight.dtype}")
             return cls(linear.weight, linear.bias, **kwargs)
         raise TypeError(f"cannot pack a {type(linear).__name__}")
 
