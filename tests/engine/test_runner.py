@@ -107,14 +107,18 @@ class ThreadsSeen(Echo):
 @pytest.mark.skipif(PROCESS_THREADS < 2, reason="needs at least 2 torch threads to tell a share from all")
 def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all():
     cores = PROCESS_THREADS
+    callers = torch.get_num_threads()   # (an earlier test's pass on this thread may have set it)
     model = ThreadsSeen()
     e = TorchEngine(model, pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=64,
                     max_seq_len=8, parallel_batches=2)
+    batch = pack([[1, 2, 3, 4, 5, 6, 7, 8]] * 5)        # 40 tokens: over SMALL_PASS_TOKENS
     with ThreadPoolExecutor(1) as device_thread:
-        device_thread.submit(e.embed, pack([[1, 2]]), concurrent=True).result()
-        device_thread.submit(e.embed, pack([[1, 2]])).result()
-    assert model.calls[0] == max(1, cores // 2) and model.calls[2] == cores   # Echo logs ids too
-    assert torch.get_num_threads() == cores        # the caller's own setting is untouched
+        device_thread.submit(e.embed, batch, concurrent=True).result()
+        device_thread.submit(e.embed, pack([[1, 2]])).result()     # a lone query: one thread
+        device_thread.submit(e.embed, batch).result()
+    assert model.calls[0] == max(1, cores // 2) and model.calls[4] == cores   # Echo logs ids too
+    assert model.calls[2] == 1
+    assert torch.get_num_threads() == callers      # the caller's own setting is untouched
     # A thread started afterwards inherits torch's last setting (1), yet a model loaded
     # there must still get one batch per core.
     with ThreadPoolExecutor(1) as later_thread:

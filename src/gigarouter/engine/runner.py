@@ -54,6 +54,11 @@ GPU_CALIBRATION_BUDGETS = (2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144
 # packs to rounding; bf16 matmuls round GEMM outputs whose blocking may depend on the batch.
 MIXED_LENGTHS_FLOOR = {"float32": 0.99999, "bfloat16-mixed": 0.9999}
 
+# A pass this small is per-op overhead, not FLOPs: OpenMP's fork/join on every op costs more
+# than a second thread saves (MiniLM on Zen 4: 10 tokens 5.0 ms on 1 thread, 6.9 ms on 2; equal
+# at ~40; from 256 tokens 2 threads win 1.3-1.8x; docs/benchmarks.md section 13). A lone query.
+SMALL_PASS_TOKENS = 32
+
 # torch's intra-op thread count for this process, read once at import (on the main thread):
 # torch.set_num_threads in one device thread also becomes the default that threads started
 # later inherit, so reading it later, e.g. while loading a second model, could see 1.
@@ -186,7 +191,8 @@ class TorchEngine:
 
     def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
         if self.device.type == "cpu":
-            self._use_threads(self._shared_threads if concurrent else PROCESS_THREADS)
+            small = batch.num_tokens <= SMALL_PASS_TOKENS
+            self._use_threads(1 if small else self._shared_threads if concurrent else PROCESS_THREADS)
         token = self._heartbeat.pass_started()
         try:
             with torch.inference_mode():
