@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.onboarding import tiny_tasks  # noqa: F401  (registers TinySTS in this process, where the server runs)
+from tests.onboarding.test_pipeline import MINILM_BAR
 from tests.web.conftest import ADMIN_EMAIL, PASSWORD, LiveServer, sign_in_as_admin
 from tests.web.test_browser import shoot
 
@@ -44,7 +45,7 @@ def test_start_a_run_with_the_button_watch_it_and_see_the_measured_numbers(page,
     expect(measured).to_contain_text("Measured (gigarouter)")
     text = measured.inner_text()
     cosine = re.search(r"lowest cosine to the reference implementation.*?\s(1\.0+|0\.\d{6})", text, re.S)
-    assert cosine and float(cosine.group(1)) >= 0.99999, text
+    assert cosine and float(cosine.group(1)) >= MINILM_BAR, text   # the bar of this CPU's auto precision
     expect(page.locator("#status-h")).to_have_text("live now")
     measured.scroll_into_view_if_needed()
     shoot(page, "model-measured")
