@@ -4,7 +4,7 @@
    float32 and bf16, against the square-GEMM peak.
 2. The default model end to end through ``Embedder``: 600 texts of the bench corpus, each
    kernel set in its own process (``GIGAROUTER_CPU_LINEAR`` is read at load), the two
-   alternating, 3 timed encodes per process; plus whether 1 and 2 threads give the same bits.
+   alternating, 3 timed encodes per process.
 
     python experiments/cpu/linear_kernels.py [--dtype float32|bfloat16-mixed] [--repeats 2]
 """
@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +46,12 @@ def gemm_rates(tokens: int = 1024) -> None:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
         xb, wb = x.bfloat16(), w.bfloat16()
         packed_b = torch.ops.mkldnn._reorder_linear_weight(wb, None)
+        pointwise = torch.ops.mkldnn._linear_pointwise
         rows = {
-            "aten fp32 (MKL)": rate(lambda: F.linear(x, w, b), flops),
-            "oneDNN fp32 packed": rate(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""), flops),
-            "aten bf16": rate(lambda: F.linear(xb, wb), flops),
-            "oneDNN bf16 packed": rate(lambda: torch.ops.mkldnn._linear_pointwise(xb, packed_b, None, "none", [], ""),
-                                       flops),
+            "aten fp32 (MKL)": rate(partial(F.linear, x, w, b), flops),
+            "oneDNN fp32 packed": rate(partial(pointwise, x, packed, b, "none", [], ""), flops),
+            "aten bf16": rate(partial(F.linear, xb, wb), flops),
+            "oneDNN bf16 packed": rate(partial(pointwise, xb, packed_b, None, "none", [], ""), flops),
         }
         print(f"{tokens} x {k} -> {n}: " + ", ".join(f"{name} {v:.0f} GFLOP/s" for name, v in rows.items()))
     a = torch.randn(2048, 2048)
@@ -59,11 +60,8 @@ def gemm_rates(tokens: int = 1024) -> None:
 
 
 def child(dtype: str) -> None:
-    """One kernel set (from the environment), end to end: inputs/s per encode, and the probe bits
-    on 1 and 2 threads."""
+    """One kernel set (from the environment), end to end: inputs/s per encode."""
     import dataclasses
-
-    import numpy as np
 
     from gigarouter.bench.corpus import mixed_corpus
     from gigarouter.embedder import Embedder
@@ -77,33 +75,18 @@ def child(dtype: str) -> None:
             t = time.perf_counter()
             e.encode(texts)
             rates.append(len(texts) / (time.perf_counter() - t))
-        probe = texts[:32]
-        torch.set_num_threads(1)
-        e.engine._thread_state.threads = None
-        one = e.engine.embed(_pack(e, probe))
-        torch.set_num_threads(2)
-        e.engine._thread_state.threads = None
-        two = e.engine.embed(_pack(e, probe))
-    print(json.dumps({"rates": rates, "thread_max_abs_diff": float(np.abs(one - two).max())}))
-
-
-def _pack(e, texts):
-    from gigarouter.engine.base import pack
-
-    items = e.recipe.prepare_texts(texts, input_type="document", instruction=None, truncate="end")
-    return pack([it.token_ids for it in items])
+    print(json.dumps({"rates": rates}))
 
 
 def end_to_end(dtype: str, repeats: int) -> None:
     results: dict[str, list[float]] = {"aten": [], "onednn": []}
     for r in range(repeats):
         for kernels in ("aten", "onednn") if r % 2 == 0 else ("onednn", "aten"):
-            out = subprocess.run([sys.executable, __file__, "--child", dtype], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "GIGAROUTER_CPU_LINEAR": kernels})
+            out = subprocess.run([sys.executable, __file__, "--child", dtype], capture_output=True, text=True,
+                                 check=True, env={**os.environ, "GIGAROUTER_CPU_LINEAR": kernels})
             got = json.loads(out.stdout.strip().splitlines()[-1])
             results[kernels] += got["rates"]
-            print(f"  {dtype} {kernels:<7} {', '.join(f'{x:.1f}' for x in got['rates'])} inputs/s; "
-                  f"1 vs 2 threads max |diff| {got['thread_max_abs_diff']:.2g}")
+            print(f"  {dtype} {kernels:<7} {', '.join(f'{x:.1f}' for x in got['rates'])} inputs/s")
     aten, ours = statistics.median(results["aten"]), statistics.median(results["onednn"])
     print(f"{dtype}: ATen {aten:.1f}, oneDNN {ours:.1f} inputs/s (median): {ours / aten:.2f}x")
 
