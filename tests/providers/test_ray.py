@@ -83,7 +83,11 @@ def test_vectors_counts_and_fingerprint_equal_the_in_process_runtime(gateway, re
     by_ids = embed(gateway, ids)
     local_ids = real_client.post("/v1/embeddings", json={"model": MODEL, "input": ids, "encoding_format": "base64"})
     np.testing.assert_allclose(vectors(by_ids), vectors(local_ids), rtol=0, atol=1e-6)
-    (provider,) = httpx.get(f"{gateway}/v1/models/{MODEL}", timeout=10).json()["providers"]
+    model = httpx.get(f"{gateway}/v1/models/{MODEL}", timeout=10).json()
+    (provider,) = model["providers"]
+    # the replicas' precision, as the in-process runtime's (it was null behind Ray)
+    assert model["precision"] is not None
+    assert model["precision"] == real_client.get(f"/v1/models/{MODEL}").json()["precision"]
     assert (provider["name"], provider["kind"], provider["state"]) == ("ray", "ray", "healthy")
 
 

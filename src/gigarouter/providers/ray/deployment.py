@@ -47,6 +47,7 @@ class ReplicaEngine:
     token_budget: int
     device_name: str
     parallel_batches: int = 1
+    precision: str | None = None     # what the replicas compute in (/v1/models shows it)
 
     def health(self) -> bool:
         return True
@@ -98,7 +99,7 @@ class RayDeployment:
             await self.stop()
             return
         self.engine = ReplicaEngine(dim=info["dim"], token_budget=info["token_budget"],
-                                    device_name=f"Ray Serve ({info['device']})")
+                                    device_name=f"Ray Serve ({info['device']})", precision=info.get("precision"))
         self.state = "ready"
         log.info("model %s ready on Ray Serve: application %s, %s", self.name, self.app_name,
                  describe_replicas(self.config))

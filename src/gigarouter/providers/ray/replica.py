@@ -110,7 +110,7 @@ class EmbeddingReplica:
     def info(self) -> dict[str, Any]:
         engine = self.deployment.engine
         return {"replica": self.replica, "pid": os.getpid(), "dim": engine.dim, "token_budget": engine.token_budget,
-                "device": engine.device_name}
+                "device": engine.device_name, "precision": getattr(engine, "precision", None)}
 
     def check_health(self) -> None:
         if not self.deployment.engine.health():
