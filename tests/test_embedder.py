@@ -70,3 +70,19 @@ def test_a_large_encode_is_never_refused_by_the_servers_wait_limit():
         want = defaults.encode(texts[:5])
     assert out.shape == (120, 384)
     np.testing.assert_allclose(out[:5], want, atol=2e-6)
+
+
+def test_the_fingerprint_probes_are_embedded_one_text_per_pass(tmp_path, monkeypatch):
+    """A probe's vector must not depend on batch mates or (a pass of <= 32 tokens runs on one
+    thread) on the thread count, or replicas of one model show different fingerprints."""
+    import gigarouter.providers.local.loading as loading
+    from gigarouter.router.fingerprints import PROBES
+    from gigarouter.settings import Settings
+    from tests.conftest import FakeEngine, fake_loader
+
+    engine = FakeEngine()
+    monkeypatch.setattr(loading, "load_model", fake_loader(engine))
+    texts = sum(len(p.texts) for p in PROBES)
+    with Embedder(settings=Settings(data_dir=tmp_path, cache="file")):      # the cache probes after load
+        probes = engine.batches[-texts:]                                     # (warm-up passes come first)
+    assert [b.num_sequences for b in probes] == [1] * texts

@@ -5,8 +5,7 @@ every call and leaves bias, GELU and the residual add to separate passes over me
 ``OneDnnLinear`` reorders the weight once, at load, into oneDNN's blocked layout (as
 PyTorch's inductor does for frozen CPU graphs) and asks the GEMM to apply GELU or add
 the residual as it writes its output. Measured on AMD EPYC Zen 4 (docs/benchmarks.md,
-section 13): 1.1-1.25x sgemm's rate on all-MiniLM-L6-v2's shapes, and bitwise the same
-result on 1 or 2 threads.
+section 13): 1.1-1.25x sgemm's rate on all-MiniLM-L6-v2's shapes, 1.14-1.17x end to end.
 
 Two kinds, matching ``engine/precision.py``:
 

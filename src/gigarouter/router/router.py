@@ -236,12 +236,20 @@ class Router:
         try:
             vectors = []
             for probe in PROBES:
-                call = await asyncio.to_thread(route.prepare, texts=list(probe.texts), token_ids=None,
-                                               input_type=probe.input_type, instruction=probe.instruction)
-                started = time.perf_counter()
-                result = await binding.provider.embed(call, model=route.name, timeout_s=timeout)
-                binding.health.success(seconds=time.perf_counter() - started, tokens=call.tokens)
-                vectors.append(np.asarray(result.vectors, dtype=np.float32))
+                # One text per call, one after another: each is a pass of its own, so its vector does not
+                # depend on batch mates, and a short one runs on one thread (engine SMALL_PASS_TOKENS), so
+                # a 1-CPU replica and a many-thread server give the same bits under bfloat16-mixed, where
+                # a thread count's different summation order moves a batched vector by ~4e-4 and so its
+                # 2-decimal fingerprint.
+                rows = []
+                for text in probe.texts:
+                    call = await asyncio.to_thread(route.prepare, texts=[text], token_ids=None,
+                                                   input_type=probe.input_type, instruction=probe.instruction)
+                    started = time.perf_counter()
+                    result = await binding.provider.embed(call, model=route.name, timeout_s=timeout)
+                    binding.health.success(seconds=time.perf_counter() - started, tokens=call.tokens)
+                    rows.append(np.asarray(result.vectors, dtype=np.float32))
+                vectors.append(np.concatenate(rows))
             return vectors
         except GigarouterError as exc:
             if binding.kind != "local":     # as for requests: a loaded local deployment is not broken
