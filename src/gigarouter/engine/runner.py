@@ -54,9 +54,10 @@ GPU_CALIBRATION_BUDGETS = (2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144
 # packs to rounding; bf16 matmuls round GEMM outputs whose blocking may depend on the batch.
 MIXED_LENGTHS_FLOOR = {"float32": 0.99999, "bfloat16-mixed": 0.9999}
 
-# A pass this small is per-op overhead, not FLOPs: OpenMP's fork/join on every op costs more
-# than a second thread saves (MiniLM on Zen 4: 10 tokens 5.0 ms on 1 thread, 6.9 ms on 2; equal
-# at ~40; from 256 tokens 2 threads win 1.3-1.8x; docs/benchmarks.md section 13). A lone query.
+# A pass this small (a lone query) is per-op overhead and weight reads, not FLOPs: OpenMP's
+# fork/join on every op costs more than a second thread saves (MiniLM on Zen 4: 10 tokens 4.6 ms
+# on 1 thread, 5.8 ms on 2; from 40 tokens 2 threads win; experiments/cpu/small_inputs.py).
+# It also makes such a pass's bits independent of the thread count (the fingerprint probes).
 SMALL_PASS_TOKENS = 32
 
 # torch's intra-op thread count for this process, read once at import (on the main thread):
