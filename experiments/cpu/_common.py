@@ -36,6 +36,18 @@ def server_like_batches(embedder: Embedder, *, texts: int = 768, arrivals: int =
     return batches
 
 
+def sorted_batches(token_ids: Sequence[Sequence[int]], budget: int = 1024) -> list[PackedBatch]:
+    """Offline batches: every sequence, shortest first, cut wherever the next would pass ``budget`` tokens."""
+    out, current, tokens = [], [], 0
+    for ids in sorted((list(t) for t in token_ids), key=len):
+        if current and tokens + len(ids) > budget:
+            out.append(pack(current))
+            current, tokens = [], 0
+        current.append(ids)
+        tokens += len(ids)
+    return [*out, pack(current)]
+
+
 def interleaved(runs: dict[str, Callable[[], float]], *, rounds: int = 6) -> dict[str, float]:
     """Median of each run's rate, the runs alternating order round by round (one warm-up each)."""
     for fn in runs.values():

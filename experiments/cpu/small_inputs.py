@@ -4,6 +4,7 @@
     python experiments/cpu/small_inputs.py threads       # one pass by size, on 1 and 2 threads
     python experiments/cpu/small_inputs.py fidelity      # short inputs vs sentence-transformers fp32
     python experiments/cpu/small_inputs.py bits          # probe vectors on 1 vs 2 threads, ATen vs oneDNN
+    python experiments/cpu/small_inputs.py profile       # where a pass's time goes, by op (torch profiler)
 
 ``threads`` times ``engine._forward`` (no scheduler) for passes of 10 to 1,024 tokens with torch set
 to 1 and to 2 threads. ``fidelity`` embeds 25 one-to-three-word inputs and 600 corpus texts under
@@ -111,7 +112,39 @@ def bits() -> None:
                   f"{diff['corpus']:.2g}; fingerprints {got[1]['fingerprint']} / {got[2]['fingerprint']}")
 
 
+def profile() -> None:
+    """Op shares under bfloat16-mixed: 600 corpus texts in 1,024-token batches on all threads, and
+    a 10-token query on one thread (engine only: no scheduler, no tokenization in the timing)."""
+    import torch
+    from _common import sorted_batches
+    from torch.profiler import profile as torch_profile
+
+    from gigarouter.bench.corpus import mixed_corpus
+    from gigarouter.engine.base import pack
+
+    with embedder("bfloat16-mixed") as e:
+        items = e.recipe.prepare_texts(list(mixed_corpus(600).texts), input_type="document", instruction=None,
+                                       truncate="end")
+        work = sorted_batches([it.token_ids for it in items])
+        query = pack([[101, 2054, 2003, 1996, 3007, 1997, 2605, 1998, 2339, 102]])
+        for label, batches, threads in (("600 texts, 1,024-token batches, 2 threads", work, 2),
+                                        ("one 10-token query, 1 thread", [query] * 20, 1)):
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                for b in batches[:3]:
+                    e.engine._forward(b).cpu()
+                with torch_profile() as prof:
+                    for b in batches:
+                        e.engine._forward(b).cpu()
+            rows = sorted(prof.key_averages(), key=lambda r: -r.self_cpu_time_total)
+            total = sum(r.self_cpu_time_total for r in rows)
+            print(f"{label}:")
+            for r in rows[:5]:
+                print(f"  {r.key:<55} {100 * r.self_cpu_time_total / total:5.1f}%  "
+                      f"{r.self_cpu_time_total / r.count:8.1f} us/call  {r.count} calls")
+
+
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else "threads"
-    {"threads": threads, "fidelity": fidelity, "bits": bits,
+    {"threads": threads, "fidelity": fidelity, "bits": bits, "profile": profile,
      "bits-child": lambda: bits_child(sys.argv[2])}[command]()

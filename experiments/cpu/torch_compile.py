@@ -16,27 +16,20 @@ import sys
 import time
 
 import torch
+from _common import sorted_batches
 
 import gigarouter.engine.models.bert as bert
 from gigarouter.bench.corpus import mixed_corpus
-from gigarouter.engine.base import pack
 from gigarouter.engine.build import build_model
 from gigarouter.engine.onednn import pack_linears
 from gigarouter.engine.sources import ResolvedCheckpoint, embedded_model_dir
 from gigarouter.recipes.base import Instructions, build_recipe
 
 
-def batches(texts: list[str], budget: int = 1024):
+def batches(texts: list[str]):
     recipe = build_recipe("sbert", embedded_model_dir(), card_instructions=Instructions())
     items = recipe.prepare_texts(texts, input_type="document", instruction=None, truncate="end")
-    out, current, tokens = [], [], 0
-    for ids in sorted((list(it.token_ids) for it in items), key=len):
-        if current and tokens + len(ids) > budget:
-            out.append(pack(current))
-            current, tokens = [], 0
-        current.append(ids)
-        tokens += len(ids)
-    return [*out, pack(current)]
+    return sorted_batches([it.token_ids for it in items])
 
 
 def build(kind: str, mixed: bool):
