@@ -43,8 +43,10 @@ def gateway() -> Iterator[str]:
     config = ModelConfig(name=MODEL, recipe="sbert", weights=EMBEDDED_WEIGHTS, card=MODEL, runtime="ray",
                          replicas=2, num_cpus=1)
     # The embedding cache off: repeated inputs must reach a replica (which replica served is the point).
+    # A queue-wait limit far above the default 1 s: the kill test halves the capacity under load,
+    # and what it checks is failover, not admission (429s have tests of their own).
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="gigarouter-ray-")), models=(config,),
-                        request_timeout_s=60.0, cache="off")
+                        request_timeout_s=60.0, cache="off", max_queue_wait_ms=20_000.0)
     try:
         with live_server(settings) as base:
             yield base
@@ -109,18 +111,41 @@ def test_both_replicas_serve(gateway):
     assert sum(seen.values()) == 40 and len(seen) == 2, seen
 
 
-CLIENTS = 6
+CLIENTS = 4
 MAX_REQUESTS = 3000
-BEFORE_KILL = 30
-AFTER_KILL = 60
-FROZEN_S = 1.5
+BEFORE_KILL = 12
+AFTER_KILL = 30
+#: Each request is ~400 tokens, a pass of ~0.1 s on a 1-CPU replica, so a replica under load
+#: nearly always holds accepted requests.
+HEAVY_INPUT = ["a longer passage about llamas, alpacas and the Andes, " * 12] * 3
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _wait_until_computing(pid: int, timeout: float) -> None:
+    """Return when the process spent most of the last 50 ms on a CPU: the replica is running a pass.
+
+    A replica computes only for requests it has accepted, so a kill now is certain to catch
+    one in flight. (An idle Ray worker uses about 1% of a CPU: a tick or none per window.)
+    """
+    window, needed = 0.05, 3           # 3 ticks of 10 ms in 50 ms: 60% of a CPU or more
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = _cpu_ticks(pid)
+        time.sleep(window)
+        if _cpu_ticks(pid) - before >= needed:
+            return
+    raise AssertionError(f"replica process {pid} never computed for {timeout:.0f} s")
 
 
 def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
     from ray import serve
 
-    text = ["the llama survived the kill"]
-    reference = vectors(embed(gateway, text))
+    reference = vectors(embed(gateway, HEAVY_INPUT))
     handle = serve.get_app_handle(app_name(MODEL))
     pids = {}
     for _ in range(40):
@@ -144,13 +169,15 @@ def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
                     if len(results) + len(failures) >= MAX_REQUESTS:
                         return
                 try:
-                    r = embed(gateway, text, client=http)
+                    r = embed(gateway, HEAVY_INPUT, client=http)
                 except httpx.HTTPError as exc:
                     with lock:
                         failures.append(repr(exc))
                     continue
-                # batched with other requests, a vector may differ from the lone one in the last bits
-                same = r.status_code == 200 and np.allclose(vectors(r), reference, rtol=0, atol=1e-6)
+                # The same answer, whichever replica computed it. Not bit for bit: split into passes
+                # beside other requests' texts, a vector may differ in the last bits (more under
+                # bfloat16-mixed, which `auto` picks on CPUs with AVX-512-BF16).
+                same = r.status_code == 200 and _min_cosine(vectors(r), reference) > 0.9999
                 since = time.monotonic() - killed_at[0] if killed_at else -1.0
                 with lock:
                     results.append((r.status_code, r.headers.get("x-gigarouter-replica"), since))
@@ -171,12 +198,12 @@ def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
         w.start()
     try:
         _wait(lambda: len(results) >= BEFORE_KILL or failures, 120, "answers before the kill")
-        # Freeze the victim first so requests are surely in flight on it when it dies: a replica
-        # that answers in milliseconds is otherwise often idle at the instant of a bare SIGKILL
-        # (CI saw exactly that). The gateway keeps routing to a stopped replica until Serve's
-        # health check notices, so a second is enough for some to pile up there.
-        os.kill(pids[victim], signal.SIGSTOP)
-        time.sleep(FROZEN_S)
+        # Kill while the victim computes. Only a request the replica has accepted is lost with it
+        # and comes back to the gateway as ActorDiedError, which the provider sends again. A
+        # request still waiting for a slot on it is re-routed by Serve itself (Ray >= 2.5x
+        # reserves a slot before it sends), so a kill at a random instant, or after freezing the
+        # replica, can leave the provider's retry untested (CI saw both).
+        _wait_until_computing(pids[victim], 60)
         os.kill(pids[victim], signal.SIGKILL)
         killed_at.append(time.monotonic())
         _wait(lambda: (answered_since_kill() >= AFTER_KILL and replaced()) or failures, 150,
@@ -192,6 +219,12 @@ def test_a_replica_killed_under_load_costs_no_failed_request(gateway, caplog):
     assert retried, "no request was in flight on the killed replica"
     late = [replica for _, replica, since in results if since > 5.0]
     assert victim not in late          # its in-flight requests were answered elsewhere, then it was gone
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
 
 
 def _wait(condition, timeout: float, what: str) -> None:
