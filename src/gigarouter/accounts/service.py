@@ -74,6 +74,7 @@ class DatabaseGate:
         self._pool = ThreadPoolExecutor(max_workers=options.db_threads, thread_name_prefix="accounts-db")
         self._lock: recovery.InstanceLock | None = None
         self._sweeper: asyncio.Task | None = None
+        self._extra_sweeps: list[Callable[[], object]] = []           # other packages' dead-process cleanup
         self._waiters: dict[tuple[str, str], asyncio.Event] = {}     # (account, key) -> woken when released
         self._slots: dict[str, IdempotencySlot] = {}                  # reservation id -> its open claim
         self.startup_recovery: recovery.RecoveryReport | None = None
@@ -116,7 +117,18 @@ class DatabaseGate:
         report = recovery.recover(self.engine, self._ready_lock())
         stale = recovery.refund_stale(self.engine, owner=self._ready_lock().owner,
                                       older_than_s=self.options.stale_reservation_s)
+        for sweep in self._extra_sweeps:
+            try:
+                sweep()
+            except Exception:     # one package's failed cleanup must not stop the accounts' recovery
+                log.exception("recovery sweep %r failed", sweep)
         return dataclasses.replace(report, refunded=report.refunded + stale)
+
+    async def add_sweep(self, sweep: Callable[[], object]) -> None:
+        """Run ``sweep`` (blocking DB work that closes what dead processes left: onboarding runs) now,
+        then at every recovery sweep. It may use ``liveness`` to tell dead processes from live ones."""
+        self._extra_sweeps.append(sweep)
+        await self._run(sweep)
 
     async def _sweep(self) -> None:
         while True:

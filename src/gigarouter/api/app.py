@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gigarouter.accounts.gate import Gate
-from gigarouter.accounts.service import build_gate
+from gigarouter.accounts.service import DatabaseGate, build_gate
 from gigarouter.api import openapi
 from gigarouter.api.errors import install_error_handlers
 from gigarouter.api.middleware import (
@@ -22,6 +22,7 @@ from gigarouter.api.routes import accounts, admin, batches, cohere, embeddings, 
 from gigarouter.api.shedding import SheddingMiddleware
 from gigarouter.batches.jobs import BatchJobs
 from gigarouter.metrics import Metrics
+from gigarouter.onboarding.store import watch_abandoned_runs
 from gigarouter.providers.local.deployment import ModelLoader
 from gigarouter.router.router import Router
 from gigarouter.settings import Settings
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, *, loader: ModelLoader | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gate = await _start_gate(settings, gate)
+        if isinstance(app.state.gate, DatabaseGate):     # onboarding runs live in the accounts database
+            await watch_abandoned_runs(app.state.gate)
         models = Router(settings, loader=loader, metrics=metrics)
         app.state.router = models
         await models.start()           # loads local models and probes providers in the background

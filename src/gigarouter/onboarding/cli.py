@@ -58,6 +58,7 @@ def onboard_command(
     """
     from gigarouter.catalog.cards import card_for_model, find_card, load_cards
     from gigarouter.onboarding.pipeline import Options, onboard
+    from gigarouter.onboarding.store import RunInProgress
     from gigarouter.onboarding.targets import HttpTarget, InProcessTarget
 
     try:
@@ -93,9 +94,13 @@ def onboard_command(
         _fail(f"could not load {name}: {getattr(exc, 'message', exc)}")
     try:
         summary = onboard(key, card, target, store=store, options=options, progress=_say)
+    except RunInProgress:
+        _fail(f"{key} is being onboarded already, by a process that is still running: wait for that run "
+              "(the admin queue shows it)", 2)
     finally:
         target.close()
         if store is not None:
+            store.close()          # its liveness lock: a run this left running now counts as abandoned
             store.engine.dispose()
     _report(summary, recorded=store is not None)
     if json_out:

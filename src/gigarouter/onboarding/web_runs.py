@@ -18,12 +18,14 @@ import numpy as np
 
 from gigarouter.catalog.cards import ModelCard
 from gigarouter.onboarding.pipeline import Options, device_of, onboard, versions
-from gigarouter.onboarding.store import OnboardingStore, Run
+from gigarouter.onboarding.store import OnboardingStore, Run, RunInProgress
 from gigarouter.onboarding.targets import Embedded, Target
 from gigarouter.recipes.base import InputType
 from gigarouter.router.preferences import Preferences
 
 log = logging.getLogger(__name__)
+
+__all__ = ["RouteTarget", "RunInProgress", "start_in_background"]
 
 #: Inputs per routed call, as the Embedder sends them.
 _CHUNK = 256
@@ -63,35 +65,22 @@ class RouteTarget:
         pass
 
 
-class RunInProgress(Exception):
-    """This model has a run going already."""
-
-
-_running: dict[str, threading.Thread] = {}
-_lock = threading.Lock()
-
-
 def start_in_background(store: OnboardingStore, card: ModelCard, target: Target, options: Options) -> Run:
-    """Record a new run and run it in a daemon thread; one run per model at a time."""
+    """Record a new run and run it in a daemon thread; one run per model at a time, across every
+    process sharing the database (``store.start`` raises ``RunInProgress``)."""
     from gigarouter.bench.machine import git_commit
 
-    with _lock:
-        thread = _running.get(card.slug)
-        if thread is not None and thread.is_alive():
-            raise RunInProgress(card.slug)
-        run = store.start(card.slug, provider=target.name, commit=git_commit(), device=device_of(target),
-                          versions=versions())
+    run = store.start(card.slug, provider=target.name, commit=git_commit(), device=device_of(target),
+                      versions=versions())
 
-        def work() -> None:
-            try:
-                onboard(card.slug, card, target, store=store, options=options, run=run)
-            except Exception as exc:    # never leave a run "running": record why it stopped
-                log.exception("onboarding %s failed", card.slug)
-                store.finish(run.id, results=store.run(run.id).results, reason=f"{type(exc).__name__}: {exc}")
-            finally:
-                target.close()
+    def work() -> None:
+        try:
+            onboard(card.slug, card, target, store=store, options=options, run=run)
+        except Exception as exc:    # never leave a run "running": record why it stopped
+            log.exception("onboarding %s failed", card.slug)
+            store.finish(run.id, results=store.run(run.id).results, reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            target.close()
 
-        thread = threading.Thread(target=work, name=f"onboard-{card.slug}", daemon=True)
-        _running[card.slug] = thread
-        thread.start()
+    threading.Thread(target=work, name=f"onboard-{card.slug}", daemon=True).start()
     return run

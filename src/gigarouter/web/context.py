@@ -47,7 +47,9 @@ class WebServices:
         """Onboarding runs and model statuses (same database as the accounts); None in open mode."""
         from gigarouter.onboarding.store import OnboardingStore
 
-        return OnboardingStore(self.accounts.gate.engine) if self.accounts else None
+        if self.accounts is None:
+            return None
+        return OnboardingStore(self.accounts.gate.engine, liveness=self.accounts.gate.liveness)
 
 
 def services(app: FastAPI) -> WebServices:
