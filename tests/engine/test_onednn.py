@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,9 @@ from gigarouter.engine.onednn import OneDnnLinear, linear_plus, pack_linears, wa
 from gigarouter.engine.precision import BF16Linear, use_bf16_matmuls
 
 pytestmark = pytest.mark.skipif(onednn.unavailable_reason() is not None, reason="torch without oneDNN")
+#: oneDNN's bf16 GEMMs need AVX-512 (BW/VL/DQ), AVX-NE-CONVERT or AMX: not an AVX2-only CPU such as Zen 3
+needs_onednn_bf16 = pytest.mark.skipif(onednn.unavailable_reason(bf16=True) is not None,
+                                       reason="this CPU has no oneDNN bf16 GEMM")
 
 
 def linear(n_in: int, n_out: int, seed: int = 0) -> nn.Linear:
@@ -37,6 +41,7 @@ def test_float32_equals_aten_with_and_without_gelu_and_residual():
         assert OneDnnLinear.of(layer)(x.view(1, 17, 48)).shape == (1, 17, 40)
 
 
+@needs_onednn_bf16
 def test_bf16_rounds_as_bf16linear_does_and_can_hand_back_bf16():
     layer, x = linear(64, 32, seed=1), torch.randn(9, 64)
     bf16 = BF16Linear(layer)
@@ -70,7 +75,7 @@ def run(model: BertModel, ids: torch.Tensor, cu: list[int]) -> torch.Tensor:
         return model(ids, torch.tensor(cu))
 
 
-@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("mixed", [False, pytest.param(True, marks=needs_onednn_bf16)])
 def test_bert_fusions_give_the_unfused_answer(mixed):
     """Fused QKV, GELU in the up-projection and fused residual adds: the same hidden states."""
     ids, cu = torch.randint(0, 50, (23,)), [0, 5, 17, 23]
@@ -103,7 +108,7 @@ def test_the_kernel_choice_is_read_at_load_and_never_silently_replaced(monkeypat
     with pytest.raises(ValueError, match="GIGAROUTER_CPU_LINEAR"):
         wanted_kernels(cpu)
     monkeypatch.setenv("GIGAROUTER_CPU_LINEAR", "onednn")
-    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "no oneDNN in this build")
+    monkeypatch.setattr(onednn, "unavailable_reason", lambda **_: "no oneDNN in this build")
     with pytest.raises(RuntimeError, match="no oneDNN in this build"):
         wanted_kernels(cpu)
     monkeypatch.setenv("GIGAROUTER_CPU_LINEAR", "auto")
@@ -126,3 +131,33 @@ def test_the_embedder_serves_packed_and_aten_alike(monkeypatch):
     with Embedder(config, settings=Settings(cache="off")) as aten:
         assert not hasattr(aten.engine.model, "linear_kernels")
         torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(aten.encode(texts)), rtol=0, atol=2e-6)
+
+
+def test_bfloat16_mixed_loads_on_aten_where_onednn_has_no_bf16_gemm(monkeypatch, caplog):
+    """An AVX2-only CPU (AMD Zen 3): oneDNN refuses to reorder a bf16 weight, so packing a
+    ``bfloat16-mixed`` model there failed its load. Now its linears stay on ATen; float32 still packs."""
+    import dataclasses
+    import logging
+
+    from gigarouter.embedder import Embedder
+    from gigarouter.settings import Settings, default_model
+
+    monkeypatch.delenv("GIGAROUTER_CPU_LINEAR", raising=False)
+    monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert wanted_kernels(cpu) == onednn.ONEDNN                     # float32 models still pack
+    caplog.set_level(logging.WARNING, logger="gigarouter.engine.onednn")
+    assert wanted_kernels(cpu, bf16=True) == onednn.ATEN
+    assert "bf16" in caplog.text
+    monkeypatch.setenv("GIGAROUTER_CPU_LINEAR", "onednn")            # asked for by name: refused, not ignored
+    with pytest.raises(RuntimeError, match="bf16 kernels need"):
+        wanted_kernels(cpu, bf16=True)
+    monkeypatch.delenv("GIGAROUTER_CPU_LINEAR")
+    texts = ["a llama", "what do alpacas eat?", "x " * 40]
+    config = dataclasses.replace(default_model(), dtype="bfloat16-mixed")
+    with Embedder(config, settings=Settings(cache="off")) as mixed:
+        assert mixed.engine.precision == "bfloat16-mixed"
+        assert not hasattr(mixed.engine.model, "linear_kernels")
+        assert any(isinstance(m, BF16Linear) for m in mixed.engine.model.modules())
+        vectors = mixed.encode(texts)
+    assert vectors.shape == (3, 384) and np.isfinite(vectors).all()

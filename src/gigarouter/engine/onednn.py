@@ -41,24 +41,35 @@ ATEN = "aten"
 ACTIVATIONS = ("none", "gelu")
 
 
-def unavailable_reason() -> str | None:
-    """Why oneDNN's packed linear cannot run in this torch build (None when it can)."""
+def unavailable_reason(*, bf16: bool = False) -> str | None:
+    """Why oneDNN's packed linear cannot run here (None when it can); ``bf16``: its bf16 kernels too."""
     if not torch.backends.mkldnn.is_available():
         return "this torch build has no oneDNN (mkldnn)"
     for op in ("_linear_pointwise", "_reorder_linear_weight"):
         if not hasattr(torch.ops.mkldnn, op):
             return f"this torch build has no torch.ops.mkldnn.{op}"
+    if bf16 and not bf16_supported():
+        # oneDNN refuses to reorder a bf16 weight on such a CPU (an AVX2-only one, e.g. AMD Zen 3):
+        # the model would fail to load.
+        return "oneDNN's bf16 kernels need AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX, which this CPU lacks"
     return None
 
 
-def wanted_kernels(device: torch.device) -> str:
-    """``onednn`` or ``aten`` for a model about to serve on ``device`` (read at load, logged)."""
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 GEMMs on this CPU (torch's own check, as its inductor uses)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def wanted_kernels(device: torch.device, *, bf16: bool = False) -> str:
+    """``onednn`` or ``aten`` for a model about to serve on ``device`` (read at load, logged);
+    ``bf16``: the model has bf16 matmuls (``bfloat16-mixed``), which oneDNN must run too."""
     want = os.environ.get("GIGAROUTER_CPU_LINEAR", "auto")
     if want not in ("auto", ONEDNN, ATEN):
         raise ValueError(f"GIGAROUTER_CPU_LINEAR must be auto, {ONEDNN} or {ATEN}, not {want!r}")
     if device.type != "cpu" or want == ATEN:
         return ATEN
-    reason = unavailable_reason()
+    reason = unavailable_reason(bf16=bf16)
     if reason is None:
         return ONEDNN
     if want == ONEDNN:       # asked for by name: no silent fallback

@@ -54,7 +54,8 @@ def load_model(config: ModelConfig, settings: Settings, *, progress: bool = True
     dtype = precision.weights_dtype
     model, _pooling = build_model(resolved, recipe_name=config.recipe, dtype=dtype, device=device,
                                   bf16_matmuls=precision.mixed)
-    if wanted_kernels(device) == ONEDNN and dtype == torch.float32:    # float32 and bfloat16-mixed (not all-bf16)
+    # float32 and bfloat16-mixed (not all-bf16); the latter only where oneDNN multiplies bf16
+    if dtype == torch.float32 and wanted_kernels(device, bf16=precision.mixed) == ONEDNN:
         pack_linears(model)
         log.info("model %s: linear layers on oneDNN (weights reordered once, GELU and residual adds fused)",
                  config.name)
