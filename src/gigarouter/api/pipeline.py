@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -21,9 +22,9 @@ import orjson
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gigarouter.accounts.gate import Gate, Principal
+from gigarouter.accounts.gate import Gate, IdempotencySlot, Principal
 from gigarouter.accounts.idempotency import fingerprint
-from gigarouter.accounts.metering import metered
+from gigarouter.accounts.metering import Price, metered
 from gigarouter.api.deadlines import request_timeout_s
 from gigarouter.api.schemas import EmbeddingRequest
 from gigarouter.errors import InvalidRequest
@@ -77,25 +78,13 @@ async def serve_embeddings(request: Request, req: EmbeddingRequest, principal: P
         # tokenize, else a typical count rather than the reservation's much larger bound.
         rate_headers = await gate.check_rate(principal, tokens=call.tokens if call.exact_tokens
                                              else _typical_tokens(call))
-        async with metered(gate, principal, model=route.name, tokens=call.tokens,
-                           price_per_million_usd=reserve_price(plan, route, req),
-                           request_id=request.state.request_id, idempotency=slot) as meter:
-            routed = await _until_disconnect(request, route.embed(plan, call, deadline=deadline, metrics=metrics,
-                                                                  account=principal.account_id, use_cache=req.cache))
-            if routed is None:  # the client left: nothing to send; leaving unsettled refunds
-                return Response(status_code=499)
-            vectors = routed.result.vectors
-            check_dimensions(req.dimensions, vectors.shape[1])
-            tokens = billed_tokens(call, routed, route.name, metrics)
-            cached = min(routed.cached_tokens, tokens)
-            answer = partial(answer_bytes, render, vectors, windows, model=route.name, tokens=tokens,
-                             cached_tokens=cached)
-            content = await run_in_threadpool(answer) if vectors.size > _INLINE_VALUES else answer()
-            await meter.settle(status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
-                               price_per_million_usd=routed.binding.price_per_million_usd, tokens=tokens,
-                               provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens,
-                               cached_tokens=cached,
-                               cached_price_per_million_usd=route.cached_price_per_million_usd)
+        answered = await run_metered(gate, principal, req, route=route, plan=plan, call=call, windows=windows,
+                                     render=render, request_id=request.state.request_id, slot=slot,
+                                     deadline=deadline, started=started, metrics=metrics,
+                                     watch=partial(_until_disconnect, request))
+        if answered is None:  # the client left: nothing to send, and nothing was charged
+            return Response(status_code=499)
+    routed, content, tokens = answered.routed, answered.content, answered.tokens
     timings = {"tokenize": tokenized - tokenize_started, **routed.result.timings}
     _observe(metrics, route.name, tokens, timings)
     headers = {**rate_headers, **{f"x-{stage}-time": f"{seconds * 1000:.2f}" for stage, seconds in timings.items()},
@@ -107,6 +96,57 @@ async def serve_embeddings(request: Request, req: EmbeddingRequest, principal: P
     if routed.cache is not None:
         headers["x-gigarouter-cache"] = routed.cache
     return Response(content, media_type="application/json", headers=headers)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A request computed, billed and settled: the response body and what it was charged."""
+
+    routed: Routed
+    content: bytes
+    tokens: int
+    cost_micro: int
+
+
+def list_price(price: Price) -> Price:
+    return price
+
+
+async def run_metered(gate: Gate, principal: Principal, req: EmbeddingRequest, *, route: Route, plan: Plan,
+                      call: EmbedCall, windows: list | None, render: Renderer, request_id: str,
+                      slot: IdempotencySlot | None, deadline: float, started: float, metrics: Metrics,
+                      price: Callable[[Price], Price] = list_price,
+                      watch: Callable[[Awaitable[Routed]], Awaitable[Routed | None]] | None = None,
+                      ) -> Answered | None:
+    """Reserve, route, bill, answer and settle one prepared request: the one metering block that
+    every HTTP protocol and every batch line runs.
+
+    ``price`` maps each list price (the reservation's bound, the serving provider's, a cached
+    token's) to the one charged: a batch line's discount. ``watch`` wraps the routed work, and
+    returns None when the client left; this then returns None with nothing settled, so the
+    reservation is refunded.
+    """
+    async with metered(gate, principal, model=route.name, tokens=call.tokens,
+                       price_per_million_usd=price(reserve_price(plan, route, req)),
+                       request_id=request_id, idempotency=slot) as meter:
+        work = route.embed(plan, call, deadline=deadline, metrics=metrics, account=principal.account_id,
+                           use_cache=req.cache)
+        routed = await (watch(work) if watch is not None else work)
+        if routed is None:
+            return None
+        vectors = routed.result.vectors
+        check_dimensions(req.dimensions, vectors.shape[1])
+        tokens = billed_tokens(call, routed, route.name, metrics)
+        cached = min(routed.cached_tokens, tokens)
+        answer = partial(answer_bytes, render, vectors, windows, model=route.name, tokens=tokens,
+                         cached_tokens=cached)
+        content = await run_in_threadpool(answer) if vectors.size > _INLINE_VALUES else answer()
+        cost = await meter.settle(status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
+                                  price_per_million_usd=price(routed.binding.price_per_million_usd), tokens=tokens,
+                                  provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens,
+                                  cached_tokens=cached,
+                                  cached_price_per_million_usd=price(route.cached_price_per_million_usd))
+    return Answered(routed=routed, content=content, tokens=tokens, cost_micro=cost)
 
 
 async def prepare_call(route: Route, req: EmbeddingRequest, *,
@@ -128,7 +168,7 @@ def answer_bytes(render: Renderer, vectors: np.ndarray, windows: list | None, **
     return orjson.dumps(render(vectors, **fields), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-async def _until_disconnect(request: Request, work) -> Routed | None:
+async def _until_disconnect(request: Request, work: Awaitable[Routed]) -> Routed | None:
     """The routed answer, or None if the client disconnected first (its work is then cancelled)."""
     task = asyncio.ensure_future(work)
     try:

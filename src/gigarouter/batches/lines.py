@@ -9,7 +9,7 @@ alone too, with ``response.status_code`` and the OpenAI error body that
 ``POST /v1/embeddings`` would have answered. Both kinds go to the error file.
 
 The request runs exactly as ``POST /v1/embeddings`` runs it (the same
-router facade, the same ``metered`` block, the same response body), with
+router facade, the same ``run_metered`` block, the same response body), with
 three differences: every price is multiplied by ``1 - batch_discount``; the
 work rides the scheduler's bulk lane (never the interactive one); and the
 charge is keyed per line (an Idempotency-Key ``<batch id>:<line>`` of the
@@ -32,11 +32,10 @@ from starlette.concurrency import run_in_threadpool
 
 from gigarouter.accounts.gate import Gate, Principal
 from gigarouter.accounts.idempotency import fingerprint
-from gigarouter.accounts.metering import metered
 from gigarouter.api.deps import parse_json
 
 # One pipeline: a batch line is answered by the very code that answers POST /v1/embeddings.
-from gigarouter.api.pipeline import answer_bytes, billed_tokens, check_dimensions, prepare_call, reserve_price
+from gigarouter.api.pipeline import check_dimensions, prepare_call, run_metered
 from gigarouter.api.routes.embeddings import openai_payload
 from gigarouter.api.schemas import parse_embedding_request
 from gigarouter.errors import GigarouterError, InvalidRequest
@@ -121,7 +120,7 @@ def _line_id() -> str:
     return f"batch_req_{uuid.uuid4().hex}"
 
 
-def discounted(price: float | Decimal | None, discount: float) -> Decimal | None:
+def discounted(price: float | Decimal | str | None, discount: float) -> Decimal | None:
     """The batch price: ``price`` less ``discount`` (a share of it), exact in decimal."""
     if price is None:
         return None
@@ -176,21 +175,11 @@ class LineRunner:
             # interactive_max_tokens=-1: no batch line ever rides the interactive lane.
             call, windows = await prepare_call(route, req, interactive_max_tokens=-1)
             call = dataclasses.replace(call, background=True)   # a local model's background lane
-            async with metered(self.gate, principal, model=route.name, tokens=call.tokens,
-                               price_per_million_usd=discounted(reserve_price(plan, route, req), discount),
-                               request_id=request_id, idempotency=slot) as meter:
-                routed = await route.embed(plan, call, deadline=deadline, metrics=self.metrics,
-                                           account=principal.account_id, use_cache=req.cache)
-                check_dimensions(req.dimensions, routed.result.vectors.shape[1])
-                tokens = billed_tokens(call, routed, route.name, self.metrics)
-                cached = min(routed.cached_tokens, tokens)
-                content = await run_in_threadpool(partial(answer_bytes, partial(openai_payload, req),
-                                                          routed.result.vectors, windows, model=route.name,
-                                                          tokens=tokens, cached_tokens=cached))
-                cost = await meter.settle(
-                    status=200, latency_ms=(time.perf_counter() - started) * 1000, response=content,
-                    price_per_million_usd=discounted(routed.binding.price_per_million_usd, discount), tokens=tokens,
-                    provider=routed.binding.name, upstream_tokens=routed.result.upstream_tokens, cached_tokens=cached,
-                    cached_price_per_million_usd=discounted(route.cached_price_per_million_usd, discount))
+            answered = await run_metered(self.gate, principal, req, route=route, plan=plan, call=call,
+                                         windows=windows, render=partial(openai_payload, req),
+                                         request_id=request_id, slot=slot, deadline=deadline, started=started,
+                                         metrics=self.metrics, price=partial(discounted, discount=discount))
+            assert answered is not None       # nothing watches a batch line: it always runs to the end
+        tokens = answered.tokens
         self.metrics.tokens.labels(route.name).inc(tokens)
-        return 200, content, tokens, cost
+        return 200, answered.content, tokens, answered.cost_micro
