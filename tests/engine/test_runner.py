@@ -116,13 +116,33 @@ def test_a_concurrent_batch_runs_on_its_share_of_the_cores_and_a_lone_one_on_all
         device_thread.submit(e.embed, batch, concurrent=True).result()
         device_thread.submit(e.embed, pack([[1, 2]])).result()     # a lone query: one thread
         device_thread.submit(e.embed, batch).result()
+        device_thread.submit(e.embed, pack([[1, 2]])).result()     # the last pass: one thread
     assert model.calls[0] == max(1, cores // 2) and model.calls[4] == cores   # Echo logs ids too
-    assert model.calls[2] == 1
+    assert model.calls[2] == 1 and model.calls[6] == 1
     assert torch.get_num_threads() == callers      # the caller's own setting is untouched
-    # A thread started afterwards inherits torch's last setting (1), yet a model loaded
-    # there must still get one batch per core.
+    # A thread started afterwards gets the process's count, not a pass's (torch's last setting
+    # is what new threads inherit: it was 1 after a lone query, so a user's threads ran torch
+    # on one core), and a model loaded there gets one batch per core.
     with ThreadPoolExecutor(1) as later_thread:
+        assert later_thread.submit(torch.get_num_threads).result() == cores
         assert later_thread.submit(default_parallel_batches, torch.device("cpu")).result() == cores
+
+
+@pytest.mark.skipif(PROCESS_THREADS < 2, reason="needs at least 2 torch threads to tell 1 from all")
+def test_a_pass_on_the_callers_own_thread_leaves_its_thread_count_alone():
+    model = ThreadsSeen()
+    e = TorchEngine(model, pooling=PoolingMode.MEAN, dim=2, device=torch.device("cpu"), token_budget=64,
+                    max_seq_len=8, parallel_batches=2)
+    torch.set_num_threads(PROCESS_THREADS)
+    e.embed(pack([[1, 2]]))                        # a lone query runs on one thread ...
+    assert model.calls[0] == 1
+    assert torch.get_num_threads() == PROCESS_THREADS          # ... and gives the thread back as it was
+    torch.set_num_threads(1)                       # a caller's own setting survives a full pass too
+    try:
+        e.embed(pack([[1, 2, 3, 4, 5, 6, 7, 8]] * 5))
+        assert model.calls[-2] == PROCESS_THREADS and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(PROCESS_THREADS)
 
 
 def test_parallel_batches_on_the_real_model_give_the_vectors_of_serial_ones(minilm_recipe):

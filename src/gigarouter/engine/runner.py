@@ -21,9 +21,9 @@ latency bound (``budget_from_throughput``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,27 @@ SMALL_PASS_TOKENS = 32
 # torch.set_num_threads in one device thread also becomes the default that threads started
 # later inherit, so reading it later, e.g. while loading a second model, could see 1.
 PROCESS_THREADS = torch.get_num_threads()
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run a pass on ``n`` intra-op threads, then put the calling thread's count back.
+
+    ``torch.set_num_threads`` sets the calling thread's count and also the default that every
+    thread started later inherits. Left at a small pass's 1, it made the threads a user's
+    program starts afterwards (a web worker, a DataLoader) run torch on one core. Setting a
+    count costs well under a microsecond; only a region run on a new count pays OpenMP's
+    team change, as it did before.
+    """
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -164,7 +185,6 @@ class TorchEngine:
         self.parallel_batches = max(1, parallel_batches) if device.type == "cpu" else 1
         # A batch that has the CPU alone gets every thread; a concurrent batch gets its share.
         self._shared_threads = max(1, PROCESS_THREADS // self.parallel_batches)
-        self._thread_state = threading.local()
         self.device_name = _device_name(device)
         #: on a GPU, measure the budget at warm-up (an automatic budget; an explicit one is kept)
         self.calibrate_budget = calibrate_budget
@@ -191,9 +211,19 @@ class TorchEngine:
     # -- a forward pass, on a device thread --------------------------------------------------
 
     def embed(self, batch: PackedBatch, *, concurrent: bool = False) -> np.ndarray:
+        if self.device.type != "cpu":
+            return self._embed(batch)
+        small = batch.num_tokens <= SMALL_PASS_TOKENS
+        with _torch_threads(1 if small else self._shared_threads if concurrent else PROCESS_THREADS):
+            return self._embed(batch)
+
+    def device_thread_started(self) -> None:
+        """The scheduler's device threads start here: at the process's count, whatever a pass on
+        another thread had set when this one was spawned (threads inherit torch's last setting)."""
         if self.device.type == "cpu":
-            small = batch.num_tokens <= SMALL_PASS_TOKENS
-            self._use_threads(1 if small else self._shared_threads if concurrent else PROCESS_THREADS)
+            torch.set_num_threads(PROCESS_THREADS)
+
+    def _embed(self, batch: PackedBatch) -> np.ndarray:
         token = self._heartbeat.pass_started()
         try:
             with torch.inference_mode():
@@ -219,13 +249,6 @@ class TorchEngine:
         ids = transfer.upload({"ids": batch.input_ids}, self.device)["ids"]
         hidden = self.model(ids, batch.cu_seqlens)                            # [T, hidden]
         return pool(hidden, batch.cu_seqlens, batch.pool_starts, self.pooling)   # [n, hidden] float32
-
-    def _use_threads(self, n: int) -> None:
-        # torch's intra-op thread count (OpenMP and MKL) is per calling thread, so each
-        # device thread sets its own; skip the call when it is already right.
-        if getattr(self._thread_state, "threads", None) != n:
-            torch.set_num_threads(n)
-            self._thread_state.threads = n
 
     # -- start-up ----------------------------------------------------------------------------
 

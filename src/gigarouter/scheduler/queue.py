@@ -135,7 +135,8 @@ class Scheduler:
         self._accepting = False
         self._task: asyncio.Task | None = None
         self.parallel_batches = max(1, engine.parallel_batches)
-        self._device = ThreadPoolExecutor(max_workers=self.parallel_batches, thread_name_prefix=f"device-{model}")
+        self._device = ThreadPoolExecutor(max_workers=self.parallel_batches, thread_name_prefix=f"device-{model}",
+                                          initializer=getattr(engine, "device_thread_started", None))
         self._in_flight: dict[asyncio.Task, _Running] = {}
         self._in_flight_tokens = 0
         self.drain = DrainRate()
