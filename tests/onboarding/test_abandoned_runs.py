@@ -8,11 +8,9 @@ included. Real processes here: a worker starts a run and is killed or kept alive
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -28,8 +26,7 @@ from gigarouter.onboarding.store import (
     onboarding_runs,
 )
 from tests.accounts.helpers import started, worker_env
-
-WORKER = Path(__file__).parent / "workers" / "run_holder.py"
+from tests.onboarding.helpers import WORKER, Holder
 
 
 @pytest.fixture
@@ -40,29 +37,6 @@ def store(migrated_url) -> Iterator[OnboardingStore]:
     yield store
     store.close()
     engine.dispose()
-
-
-class Holder:
-    """A worker process holding one running run of ``model``."""
-
-    def __init__(self, url: str, model: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(WORKER), url, model], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
-        self.run_id = self.proc.stdout.readline().strip()
-        assert self.run_id, self.proc.stderr.read()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate(timeout=30)        # reaps it and closes the pipes
-
-    def finish(self) -> str:
-        out, _ = self.proc.communicate("finish\n", timeout=60)
-        return out.strip()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=30)
 
 
 @pytest.fixture

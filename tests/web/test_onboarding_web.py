@@ -124,3 +124,29 @@ def test_a_live_non_commercial_model_shows_its_license_where_the_price_is(linq_s
     soon_price = re.search(r'<dd id="price">(.*?)</dd>', soon, re.S).group(1)
     assert "est. price" in soon and "~$" in soon_price and "non-commercial" not in soon_price
     assert "We want it" in soon or "Sign in to vote" in soon or "Voting needs accounts" in soon
+
+
+def test_a_start_while_another_process_runs_that_model_is_409_until_that_process_dies(client: httpx.Client,
+                                                                                     live: LiveServer):
+    """One run per model across processes: a `gigarouter onboard` elsewhere (a worker here) holds it."""
+    import sqlalchemy as sa
+
+    from gigarouter.onboarding.store import ABANDONED, model_status, onboarding_runs
+    from tests.onboarding.helpers import Holder
+
+    slug = "e5-mistral-7b-instruct"
+    holder = Holder(live.settings.resolved_database_url, slug)
+    try:
+        sign_in_as_admin(client, live)
+        token = csrf_of(client.get("/admin/onboarding").text)
+        busy = client.post(f"/admin/onboarding/{slug}/start",
+                           data={"csrf_token": token, "provider": "http://127.0.0.1:9/v1"})
+        assert busy.status_code == 409 and "being onboarded already" in busy.text
+        holder.kill()
+        store = OnboardingStore(live.gate.engine, liveness=live.gate.liveness)
+        assert store.abandon_dead(model=slug) == 1 and store.run(holder.run_id).reason == ABANDONED
+    finally:
+        holder.close()
+        with live.gate.engine.begin() as conn:      # what this test made: the page stays as other tests see it
+            conn.execute(sa.delete(onboarding_runs).where(onboarding_runs.c.model == slug))
+            conn.execute(sa.delete(model_status).where(model_status.c.model == slug))

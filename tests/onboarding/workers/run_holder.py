@@ -1,7 +1,8 @@
 """A process that starts an onboarding run and holds it, as a `gigarouter onboard` mid-run would.
 
-Prints the run's id, then waits for a line on stdin ("finish": finish the run as passed and exit;
-end of input: exit without finishing, as a crashed CLI). The tests SIGKILL it to play a dead one.
+Prints the run's id and its liveness owner id, then waits for a line on stdin ("finish": finish
+the run as passed and exit; end of input: exit without finishing, as a crashed CLI). The tests
+SIGKILL it to play a dead one.
 
     python run_holder.py DATABASE_URL MODEL
 """
@@ -23,7 +24,7 @@ def main(url: str, model: str) -> None:
         print("in-progress", flush=True)
         return
     store.report(run.id, step="quality", progress="quality: 1 of 3 tasks", results={"fidelity": {"passed": True}})
-    print(run.id, flush=True)
+    print(run.id, store.liveness.owner, flush=True)
     if sys.stdin.readline().strip() == "finish":
         store.finish(run.id, results={"fidelity": {"passed": True}}, reason=None)
         print("finished", flush=True)
