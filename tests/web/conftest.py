@@ -59,8 +59,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     port = free_port()
     settings = Settings(port=port, data_dir=tmp_path_factory.mktemp("gigarouter-web"),
                         batch_token_budget=1024, server_secret="web-tests-server-secret")
-    # Every test signs up from 127.0.0.1: lift the per-address sign-up limit for the session.
-    gate = DatabaseGate.from_settings(settings, options=GateOptions(signup_limit=Limit(requests=10_000)))
+    # Every test signs up and in from 127.0.0.1: lift the per-address limits for the session (run
+    # alone, within 5 minutes, tests/web signs in more than 10 times; the limits have tests of their own).
+    gate = DatabaseGate.from_settings(settings, options=GateOptions(
+        signup_limit=Limit(requests=10_000), signin_limit=Limit(requests=10_000, period_s=300.0)))
     app = create_app(settings, gate=gate)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="web-test-server", daemon=True)

@@ -52,6 +52,7 @@ class GateOptions:
     db_threads: int = 8
     default_limit: Limit | None = None                     # keys without their own rpm/tpm; None: the settings'
     signup_limit: Limit = Limit(requests=10, period_s=3600.0)   # sign-ups per client address
+    signin_limit: Limit = Limit(requests=10, period_s=300.0)    # web sign-in attempts per address and per email
     recovery_interval_s: float = 60.0
     stale_reservation_s: float = 3600.0                    # our own held reservations older than this: refund
     idempotency_wait_s: float = 60.0                       # how long a duplicate waits for the first
@@ -329,6 +330,19 @@ class DatabaseGate:
         if client is not None:  # free credit invites farming: a few sign-ups per address per hour
             await self.limiter.hit(f"signup:{client}", self.options.signup_limit, requests=1, tokens=0)
         return email
+
+    async def admit_sign_in(self, *, email: str, client: str) -> None:
+        """Count a web sign-in attempt against the limits every gateway sharing this Redis sees:
+        per client address first, then per email. Raises 429 (``RateLimited``) over either.
+
+        Without Redis it does nothing: the web's in-process window (web/limits.py, bounded
+        against key spraying) is then the whole limit, as it is for one process. With several
+        gateways behind a balancer, that window alone let each of them allow its own attempts.
+        """
+        if not isinstance(self.limiter, RedisLimiter):
+            return
+        await self.limiter.hit(f"signin:client:{client}", self.options.signin_limit, requests=1, tokens=0)
+        await self.limiter.hit(f"signin:email:{email}", self.options.signin_limit, requests=1, tokens=0)
 
     async def sign_up(self, *, email: str | None = None, client: str | None = None,
                       admitted: bool = False) -> tuple[AccountInfo, CreatedKey]:

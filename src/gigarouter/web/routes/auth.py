@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from gigarouter.accounts.limits import Limit
 from gigarouter.catalog.cards import ModelCard, find_card, load_cards
 from gigarouter.errors import Conflict, Forbidden, GigarouterError, Overloaded, RateLimited
 from gigarouter.web import catalog, security, snippets
@@ -23,8 +24,6 @@ from gigarouter.web.users import EmailTaken, WebUser
 
 router = APIRouter(include_in_schema=False)
 
-SIGNIN_ATTEMPTS = 10          # per email and per client address, per window
-SIGNIN_WINDOW_S = 300.0
 
 
 def safe_next(value: str | None, default: str = "/dashboard") -> str:
@@ -140,10 +139,11 @@ async def signin_form(request: Request, web: WebDep, next: str | None = None) ->
     return render(request, "signin.html", {"email": "", "errors": [], "next": safe_next(next)})
 
 
-def _limiter(request: Request) -> SlidingWindow:
+def _limiter(request: Request, limit: Limit) -> SlidingWindow:
+    """This process's window of sign-in attempts (per address and per email), at the gate's ``signin_limit``."""
     limiter = getattr(request.app.state, "web_signin_limiter", None)
     if limiter is None:
-        limiter = request.app.state.web_signin_limiter = SlidingWindow(SIGNIN_ATTEMPTS, SIGNIN_WINDOW_S)
+        limiter = request.app.state.web_signin_limiter = SlidingWindow(limit.requests, limit.period_s)
     return limiter
 
 
@@ -156,9 +156,15 @@ async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     email = security.normalize_email(email)
     target = safe_next(next)
     client = request.client.host if request.client else "unknown"
-    limiter = _limiter(request)
+    limiter = _limiter(request, accounts.gate.options.signin_limit)
     # The address first: a client over its limit must not add entries for every email it makes up.
-    if not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}")):
+    too_many = not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}"))
+    if not too_many:
+        try:      # and across every gateway that shares the Redis (a no-op without one)
+            await accounts.gate.admit_sign_in(email=email, client=client)
+        except RateLimited:
+            too_many = True
+    if too_many:
         errors = ["Too many sign-in attempts. Wait a few minutes and try again."]
         return render(request, "signin.html", {"email": email, "errors": errors, "next": target}, status_code=429)
     # No lookup for what cannot be an email (Postgres refuses NUL); the dummy hash still takes the time.
