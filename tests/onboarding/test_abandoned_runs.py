@@ -30,13 +30,9 @@ from tests.onboarding.helpers import WORKER, Holder
 
 
 @pytest.fixture
-def store(migrated_url) -> Iterator[OnboardingStore]:
-    """This process's store, with a liveness lock of its own: another process, to the workers."""
-    engine = make_engine(migrated_url, pool_size=2)
-    store = OnboardingStore(engine)
-    yield store
-    store.close()
-    engine.dispose()
+def store(any_store) -> OnboardingStore:
+    """This process's store (conftest's ``any_store``): another process, to the workers."""
+    return any_store
 
 
 @pytest.fixture

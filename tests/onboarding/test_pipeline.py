@@ -48,15 +48,6 @@ def store(tmp_path):
     engine.dispose()
 
 
-@pytest.fixture
-def any_store(migrated_url):
-    """The store on SQLite and on Postgres (a schema of its own)."""
-    engine = make_engine(migrated_url, pool_size=2)
-    store = OnboardingStore(engine)
-    yield store
-    store.close()
-    engine.dispose()
-
 
 def bad_probes(tmp_path: Path) -> Path:
     """The card's probe file with every reference vector reversed: what a wrong deployment would match."""
