@@ -332,15 +332,13 @@ class DatabaseGate:
         return email
 
     async def admit_sign_in(self, *, email: str, client: str) -> None:
-        """Count a web sign-in attempt against the limits every gateway sharing this Redis sees:
-        per client address first, then per email. Raises 429 (``RateLimited``) over either.
+        """Count a web sign-in attempt in the gate's limiter, as sign-ups are: per client address
+        first, then per email. Raises 429 (``RateLimited``) over either.
 
-        Without Redis it does nothing: the web's in-process window (web/limits.py, bounded
-        against key spraying) is then the whole limit, as it is for one process. With several
-        gateways behind a balancer, that window alone let each of them allow its own attempts.
+        With Redis the count is shared by every gateway; the web's in-process window
+        (web/limits.py, bounded against key spraying) alone let each gateway behind a balancer
+        allow its own attempts. Without Redis this repeats that window's limit in-process.
         """
-        if not isinstance(self.limiter, RedisLimiter):
-            return
         await self.limiter.hit(f"signin:client:{client}", self.options.signin_limit, requests=1, tokens=0)
         await self.limiter.hit(f"signin:email:{email}", self.options.signin_limit, requests=1, tokens=0)
 

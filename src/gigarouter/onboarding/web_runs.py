@@ -18,14 +18,12 @@ import numpy as np
 
 from gigarouter.catalog.cards import ModelCard
 from gigarouter.onboarding.pipeline import Options, device_of, onboard, versions
-from gigarouter.onboarding.store import OnboardingStore, Run, RunInProgress
+from gigarouter.onboarding.store import OnboardingStore, Run
 from gigarouter.onboarding.targets import Embedded, Target
 from gigarouter.recipes.base import InputType
 from gigarouter.router.preferences import Preferences
 
 log = logging.getLogger(__name__)
-
-__all__ = ["RouteTarget", "RunInProgress", "start_in_background"]
 
 #: Inputs per routed call, as the Embedder sends them.
 _CHUNK = 256

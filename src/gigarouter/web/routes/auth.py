@@ -25,7 +25,6 @@ from gigarouter.web.users import EmailTaken, WebUser
 router = APIRouter(include_in_schema=False)
 
 
-
 def safe_next(value: str | None, default: str = "/dashboard") -> str:
     """Only same-site paths: ``/models/x#want`` yes, ``//evil.example`` or ``https://...`` no."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
@@ -160,7 +159,7 @@ async def signin(request: Request, web: WebDep, email: Annotated[str, Form(max_l
     # The address first: a client over its limit must not add entries for every email it makes up.
     too_many = not (limiter.allow(f"client:{client}") and limiter.allow(f"email:{email}"))
     if not too_many:
-        try:      # and across every gateway that shares the Redis (a no-op without one)
+        try:      # and in the gate's limiter: shared by every gateway when it is Redis
             await accounts.gate.admit_sign_in(email=email, client=client)
         except RateLimited:
             too_many = True

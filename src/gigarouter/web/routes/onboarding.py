@@ -83,8 +83,9 @@ async def start(request: Request, slug: str, web: WebDep,
     if refused is not None:
         return refused
     from gigarouter.onboarding.pipeline import Options
+    from gigarouter.onboarding.store import RunInProgress
     from gigarouter.onboarding.targets import HttpTarget
-    from gigarouter.onboarding.web_runs import RouteTarget, RunInProgress, start_in_background
+    from gigarouter.onboarding.web_runs import RouteTarget, start_in_background
 
     card = find_model(slug)
     provider = provider.strip()
