@@ -30,6 +30,8 @@ def sign_up_in_browser(page, email: str, *, go: bool = True) -> str:
     """
     if go:
         page.goto("/signup")
+    # A link's click returns before its page has loaded: a Tab then lands on the old page's body.
+    page.get_by_label("Email").wait_for()
     page.keyboard.press("Tab")                      # skip link first
     assert page.evaluate("document.activeElement.textContent.trim()") == "skip to content"
     page.get_by_label("Email").focus()
